@@ -1,0 +1,253 @@
+"""Frozen, validated configuration of the embedder.
+
+Every dataclass validates itself on construction and raises
+:class:`~sutra_embedder.core.errors.ConfigError` naming the field and the valid
+choices, so a bad value fails at start-up rather than deep inside a pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, TypeVar, get_args
+
+from .errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+LengthPolicy = Literal["truncate", "chunk", "reject"]
+Aggregation = Literal["mean", "max", "weighted", "positional", "overlap"]
+Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
+
+DEVICES: tuple[str, ...] = get_args(Device)
+LENGTH_POLICIES: tuple[str, ...] = get_args(LengthPolicy)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"got {value!r}; choose one of {', '.join(choices)}")
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How texts (and chunks of long texts) are grouped into model calls.
+
+    Items are sorted by token length and packed greedily so that the padded
+    size of a batch (``rows * longest row``) stays within ``max_batch_tokens``.
+
+    Attributes:
+        max_batch_tokens: Cap on padded tokens per model call. Larger batches
+            amortise overhead; smaller ones bound memory and latency.
+        max_batch_size: Cap on rows per model call, whatever their length.
+        sort_by_length: Sort items by length before packing (less padding).
+            Turn off only to measure what sorting buys.
+        batch_overhead_tokens: The fixed cost of one model call, in tokens; the
+            planner trades padding against extra calls with it.
+    """
+
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 256
+    sort_by_length: bool = True
+    batch_overhead_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _int_at_least("batching.max_batch_tokens", self.max_batch_tokens, 1)
+        _int_at_least("batching.max_batch_size", self.max_batch_size, 1)
+        _int_at_least("batching.batch_overhead_tokens", self.batch_overhead_tokens, 0)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """What happens to texts longer than the model's maximum sequence length.
+
+    Attributes:
+        policy: ``"truncate"`` keeps the first tokens (what sentence-transformers
+            does), ``"chunk"`` embeds overlapping windows and aggregates them,
+            ``"reject"`` sends the text to the dead letters with kind ``too_long``.
+        window: Tokens per window including the model's special tokens; ``None``
+            uses the model's maximum sequence length.
+        overlap: Content tokens shared by consecutive windows.
+        max_chunks: Most windows per text; a text needing more is rejected with
+            kind ``too_long`` (never silently cut).
+        aggregation: How window vectors become one vector: ``mean``, ``max``,
+            ``weighted`` (by window token count), ``positional`` (windows near the
+            middle of the text weigh more) or ``overlap`` (each token counts once
+            in total, shared tokens are split between the windows holding them).
+        return_chunks: Also return each window's vector and token span.
+    """
+
+    policy: LengthPolicy = "chunk"
+    window: int | None = None
+    overlap: int = 32
+    max_chunks: int = 64
+    aggregation: Aggregation = "weighted"
+    return_chunks: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("chunking.policy", self.policy, LENGTH_POLICIES)
+        _choice("chunking.aggregation", self.aggregation, AGGREGATIONS)
+        if self.window is not None:
+            _int_at_least("chunking.window", self.window, 8)
+        _int_at_least("chunking.overlap", self.overlap, 0)
+        _int_at_least("chunking.max_chunks", self.max_chunks, 1)
+        if self.window is not None and self.overlap >= self.window - 4:
+            raise ConfigError(
+                "chunking.overlap",
+                f"must be smaller than the window minus special tokens "
+                f"(window={self.window}, overlap={self.overlap})",
+            )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how ONNX Runtime runs the model.
+
+    Attributes:
+        device: ``"auto"`` uses a GPU when one works and says when it fell back
+            to CPU; ``"cpu"``; ``"cuda"`` or ``"tensorrt"`` *require* that
+            provider and raise if it cannot be initialised.
+        device_id: GPU ordinal for cuda/tensorrt.
+        intra_op_threads: Threads per operator (0 lets ONNX Runtime decide).
+        inter_op_threads: Threads across operators (0 lets ONNX Runtime decide).
+        warmup: Run one small batch at load so the first real call is not slow.
+        trt_cache_dir: Directory for TensorRT engine caches (``None``: beside the model).
+        fp16: Prefer the model's fp16 variant when running on a GPU.
+    """
+
+    device: Device = "auto"
+    device_id: int = 0
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    warmup: bool = True
+    trt_cache_dir: str | None = None
+    fp16: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("runtime.device", self.device, DEVICES)
+        _int_at_least("runtime.device_id", self.device_id, 0)
+        _int_at_least("runtime.intra_op_threads", self.intra_op_threads, 0)
+        _int_at_least("runtime.inter_op_threads", self.inter_op_threads, 0)
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Everything an :class:`~sutra_embedder.core.embedder.Embedder` needs.
+
+    Attributes:
+        model: A profile name (``"minilm"``, ``"mpnet"``), a registered model
+            name, or a path to a model directory holding ``model.onnx``,
+            ``tokenizer.json`` and ``sutra_manifest.json``.
+        truncate_dim: Matryoshka truncation: keep the first ``truncate_dim``
+            dimensions (renormalised when the model normalises).
+        max_text_chars: Texts longer than this are rejected (kind ``too_large``)
+            before tokenization, which bounds the cost of a pathological input.
+        batching: See :class:`BatchingConfig`.
+        chunking: See :class:`ChunkingConfig`.
+        runtime: See :class:`RuntimeConfig`.
+    """
+
+    model: str = "minilm"
+    truncate_dim: int | None = None
+    max_text_chars: int = 1_000_000
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", "must be a non-empty model name or path")
+        if self.truncate_dim is not None:
+            _int_at_least("truncate_dim", self.truncate_dim, 1)
+        _int_at_least("max_text_chars", self.max_text_chars, 1)
+        for name, cls in (
+            ("batching", BatchingConfig),
+            ("chunking", ChunkingConfig),
+            ("runtime", RuntimeConfig),
+        ):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, f"must be a {cls.__name__}")
+
+    def with_overrides(self, **overrides: Any) -> EmbedderConfig:
+        """Return a copy with dotted overrides, e.g. ``{"chunking.policy": "truncate"}``.
+
+        Keys use ``__`` or ``.`` between levels; unknown keys raise ConfigError.
+        """
+        return config_from_dict(to_dict(self) | _undot(overrides))
+
+
+_C = TypeVar("_C")
+
+
+def _undot(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.replace("__", ".").split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain nested dict of a config dataclass (JSON-friendly)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = to_dict(value) if is_dataclass(value) else value
+    return out
+
+
+def _build(cls: type[_C], data: Mapping[str, Any], prefix: str) -> _C:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            where = f"{prefix}{key}"
+            raise ConfigError(where, f"unknown field; valid fields: {', '.join(sorted(known))}")
+        kwargs[key] = value
+    nested = {"batching": BatchingConfig, "chunking": ChunkingConfig, "runtime": RuntimeConfig}
+    for key, sub in nested.items():
+        if key in kwargs and isinstance(kwargs[key], Mapping):
+            base = to_dict(sub())
+            merged = base | dict(kwargs[key])
+            kwargs[key] = _build(sub, merged, f"{prefix}{key}.")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> EmbedderConfig:
+    """Build an :class:`EmbedderConfig` from a (possibly partial) nested dict."""
+    merged = to_dict(EmbedderConfig())
+    for key, value in data.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merged[key] | dict(value)
+        else:
+            merged[key] = value
+    return _build(EmbedderConfig, merged, "")
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "BatchingConfig",
+    "ChunkingConfig",
+    "DEVICES",
+    "Device",
+    "EmbedderConfig",
+    "LENGTH_POLICIES",
+    "LengthPolicy",
+    "PRECISIONS",
+    "Precision",
+    "RuntimeConfig",
+    "config_from_dict",
+    "replace",
+    "to_dict",
+]

@@ -1,0 +1,1 @@
+"""Tests for :mod:`sutra_embedder.models`."""
