@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Generate evaluation, example and benchmark data from Python docstrings.
 
-All text comes from the docstrings of the Python standard library that is
-running this script (modules, classes, functions and methods), plus a small
-hand-written multilingual edge-case set. Output is deterministic for a given
+All text comes from the Python standard library that is running this
+script: the docstrings of its modules, classes, functions and methods, and
+the language-reference help topics that ``pydoc`` shows (``help("with")``),
+plus a small hand-written multilingual edge-case set. Output is deterministic for a given
 Python build and seed; the generated files are committed so that consumers do
 not depend on the interpreter version. Regenerate with the reference
 interpreter, Python 3.11::
@@ -28,6 +29,8 @@ Files written (relative to ``--root``):
 
 A summary of sizes and length histograms is printed at the end.
 """
+
+# ruff: noqa: RUF001 - the multilingual records use look-alike characters on purpose
 
 from __future__ import annotations
 
@@ -97,11 +100,11 @@ BENCH_BUCKETS = (
     (15, 29, 400),
     (30, 59, 450),
     (60, 99, 450),
-    (100, 149, 420),
-    (150, 230, 280),
+    (100, 149, 445),
+    (150, 230, 255),
 )
-BENCH_MAX_EST_TOKENS = 290
-BENCH_MIN_EST_TOKENS = 20
+BENCH_MAX_EST_TOKENS = 270
+BENCH_MIN_EST_TOKENS = 22
 
 _SIGNATURE_RE = re.compile(r"^[\w.]+\(.*\)\s*(-+>.*)?$")
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -114,9 +117,10 @@ class DocItem:
 
     Attributes:
         name: Qualified name of the documented object, e.g. ``json.dumps``.
-        kind: ``module``, ``class``, ``function`` or ``method``.
-        summary: First paragraph, joined into one line (may be empty).
-        body: Remaining paragraphs, separated by blank lines (may be empty).
+        kind: ``module``, ``class``, ``function``, ``method`` or ``topic``.
+        summary: Summary line or sentence, on one line (may be empty).
+        body: The rest of the text, paragraphs separated by blank lines
+            (may be empty).
     """
 
     name: str
@@ -150,7 +154,7 @@ def _quiet_import(name: str) -> types.ModuleType | None:
         with contextlib.redirect_stderr(sink):
             try:
                 return importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - any import failure skips the module
+            except Exception:  # any import failure skips the module
                 return None
 
 
@@ -171,9 +175,7 @@ def iter_stdlib_modules() -> Iterator[types.ModuleType]:
         Imported modules.
     """
     names = sorted(
-        name
-        for name in sys.stdlib_module_names
-        if _public_name(name) and name not in EXCLUDED_TOP_LEVEL
+        name for name in sys.stdlib_module_names if _public_name(name) and name not in EXCLUDED_TOP_LEVEL
     )
     for top in names:
         stack = [top]
@@ -187,9 +189,7 @@ def iter_stdlib_modules() -> Iterator[types.ModuleType]:
             if path is None:
                 continue
             children = sorted(
-                f"{name}.{info.name}"
-                for info in pkgutil.iter_modules(path)
-                if _public_name(info.name)
+                f"{name}.{info.name}" for info in pkgutil.iter_modules(path) if _public_name(info.name)
             )
             stack = children + stack
 
@@ -402,20 +402,14 @@ def harvest_topics() -> list[DocItem]:
         return []
     items: list[DocItem] = []
     for key in sorted(topics):
-        text = "\n".join(
-            line
-            for line in str(topics[key]).splitlines()
-            if not _UNDERLINE_RE.match(line)
-        )
+        text = "\n".join(line for line in str(topics[key]).splitlines() if not _UNDERLINE_RE.match(line))
         parsed = parse_docstring(f"pydoc_data.topics:{key}", "topic", text)
         if parsed is not None and parsed.body:
             items.append(parsed)
     return items
 
 
-def paragraph_windows(
-    sources: list[DocItem], rng: random.Random, low: int, high: int
-) -> list[DocItem]:
+def paragraph_windows(sources: list[DocItem], rng: random.Random, low: int, high: int) -> list[DocItem]:
     """Split long texts into runs of consecutive whole paragraphs.
 
     Each window aims at a random length in ``[low, high]`` words; a single
@@ -450,11 +444,7 @@ def paragraph_windows(
                 used = word_count(chunk[0])
                 i += 1
             if used >= MIN_WINDOW_WORDS:
-                windows.append(
-                    DocItem(
-                        f"{source.name}#{number}", source.kind, "", "\n\n".join(chunk)
-                    )
-                )
+                windows.append(DocItem(f"{source.name}#{number}", source.kind, "", "\n\n".join(chunk)))
                 number += 1
     return windows
 
@@ -574,9 +564,7 @@ def cap_paragraphs(text: str, max_words: int) -> str:
                     break
                 lines.append(line)
                 used += word_count(line)
-            kept.append(
-                "\n".join(lines) if lines else truncate_words(paragraph, max_words)
-            )
+            kept.append("\n".join(lines) if lines else truncate_words(paragraph, max_words))
         break
     return "\n\n".join(kept)
 
@@ -694,14 +682,10 @@ def build_retrieval_set(
     summary_counts: dict[str, int] = {}
     for item in items:
         if item.body:
-            body_counts[norm_key(item.body)] = (
-                body_counts.get(norm_key(item.body), 0) + 1
-            )
+            body_counts[norm_key(item.body)] = body_counts.get(norm_key(item.body), 0) + 1
             key = prefix_key(item.body)
             prefix_counts[key] = prefix_counts.get(key, 0) + 1
-        summary_counts[norm_key(item.summary)] = (
-            summary_counts.get(norm_key(item.summary), 0) + 1
-        )
+        summary_counts[norm_key(item.summary)] = summary_counts.get(norm_key(item.summary), 0) + 1
 
     # Every body used must be unique, exactly and by its opening words, so a
     # query has exactly one correct answer.
@@ -733,6 +717,8 @@ def build_retrieval_set(
     doc_id_of: dict[str, str] = {}
     corpus: list[dict[str, Any]] = []
     for position, item in enumerate(corpus_items):
+        if item.name in doc_id_of:
+            raise RuntimeError(f"two documents are named {item.name!r}")
         doc_id = f"doc{position:05d}"
         doc_id_of[item.name] = doc_id
         corpus.append({"id": doc_id, "text": cap_paragraphs(item.body, MAX_BODY_WORDS)})
@@ -766,11 +752,7 @@ def build_quickstart(
     Returns:
         Records with ``id``, ``text`` and ``source``.
     """
-    pool = [
-        item
-        for item in items + windows
-        if _is_public(item.name) and _is_prose(item.full)
-    ]
+    pool = [item for item in items + windows if _is_public(item.name) and _is_prose(item.full)]
     rng.shuffle(pool)
     used: set[str] = set()
     picked: list[tuple[DocItem, str]] = []
@@ -811,10 +793,7 @@ def _fit_benchmark_text(text: str, low: int, high: int) -> str | None:
         ``[low, high]`` words or the token range.
     """
     words = text.split()
-    while (
-        len(words) > low
-        and estimate_wordpiece_tokens(" ".join(words)) > BENCH_MAX_EST_TOKENS
-    ):
+    while len(words) > low and estimate_wordpiece_tokens(" ".join(words)) > BENCH_MAX_EST_TOKENS:
         words = words[:-3]
     text = " ".join(words)
     tokens = estimate_wordpiece_tokens(text)
@@ -825,21 +804,21 @@ def _fit_benchmark_text(text: str, low: int, high: int) -> str | None:
     return text
 
 
-def build_benchmark(
-    items: list[DocItem], windows: list[DocItem], rng: random.Random
-) -> list[dict[str, Any]]:
+def build_benchmark(items: list[DocItem], windows: list[DocItem], rng: random.Random) -> list[dict[str, Any]]:
     """Build the mixed-length benchmark corpus.
 
-    Texts are whole docstrings and help-topic windows with whitespace
+    Texts are whole docstrings and paragraph windows with whitespace
     normalised to single spaces. A first pass assigns texts whose natural
     length falls in a length bucket that still needs records; a second pass
     cuts longer unused texts at a sentence end (or word boundary) to a random
     length inside the longest bucket that still needs records. Texts whose
-    estimated token count exceeds 300 are shortened.
+    estimated token count exceeds ``BENCH_MAX_EST_TOKENS`` are shortened; the
+    margin below 300 absorbs the estimate's error.
 
     Args:
-        items: De-duplicated docstrings.
-        windows: Help-topic windows from :func:`paragraph_windows`.
+        items: De-duplicated docstrings short enough to use whole.
+        windows: Windows of longer docstrings and of the help topics, from
+            :func:`paragraph_windows`.
         rng: Random source.
 
     Returns:
@@ -868,10 +847,7 @@ def build_benchmark(
         n = word_count(full)
         for bucket, (low, high, _) in enumerate(BENCH_BUCKETS):
             if low <= n <= high:
-                if not (
-                    remaining[bucket]
-                    and accept(_fit_benchmark_text(full, low, high), bucket)
-                ):
+                if not (remaining[bucket] and accept(_fit_benchmark_text(full, low, high), bucket)):
                     leftovers.append(full)
                 break
         else:
@@ -880,9 +856,7 @@ def build_benchmark(
     for full in leftovers:
         n = word_count(full)
         open_buckets = [
-            bucket
-            for bucket, (low, _, _) in enumerate(BENCH_BUCKETS)
-            if remaining[bucket] and n > low
+            bucket for bucket, (low, _, _) in enumerate(BENCH_BUCKETS) if remaining[bucket] and n > low
         ]
         if not open_buckets:
             continue
@@ -892,9 +866,7 @@ def build_benchmark(
         accept(_fit_benchmark_text(cut, low, high), bucket)
 
     rng.shuffle(texts)
-    return [
-        {"id": f"b{position:05d}", "text": text} for position, text in enumerate(texts)
-    ]
+    return [{"id": f"b{position:05d}", "text": text} for position, text in enumerate(texts)]
 
 
 #: Hand-written multilingual and Unicode edge cases: ``(id, text)``.
@@ -997,9 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Process exit status.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--root",
         type=Path,
@@ -1038,8 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = build_benchmark(
         [item for item in items if word_count(item.full) <= max_bench_words],
         paragraph_windows(
-            [item for item in items if word_count(item.full) > max_bench_words]
-            + topics,
+            [item for item in items if word_count(item.full) > max_bench_words] + topics,
             random.Random(args.seed + 3),
             80,
             max_bench_words,
@@ -1064,10 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
 
     word_edges = [0, 15, 30, 60, 100, 160, 231, 300, 450]
     n_distractors = len(corpus) - len(queries)
-    print(
-        f"\nretrieval set: {len(queries)} queries, {len(corpus)} docs "
-        f"({n_distractors} distractors)"
-    )
+    print(f"\nretrieval set: {len(queries)} queries, {len(corpus)} docs ({n_distractors} distractors)")
     print(
         describe(
             "  corpus words",

@@ -44,7 +44,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 __all__ = [
     "KAFKA_VERSION",
@@ -246,8 +246,7 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
                 )
             except subprocess.TimeoutExpired as exc:
                 raise KafkaDevServiceError(
-                    f"mvn did not finish fetching the Kafka {version} jars "
-                    f"within {_MVN_TIMEOUT_S:.0f} s"
+                    f"mvn did not finish fetching the Kafka {version} jars within {_MVN_TIMEOUT_S:.0f} s"
                 ) from exc
         jars = sorted(p.name for p in libs.glob("*.jar"))
         if result.returncode != 0 or not jars:
@@ -393,9 +392,7 @@ class KafkaBrokerConfig:
         object.__setattr__(self, "extra_properties", types.MappingProxyType(cleaned))
         _check_positive("start_timeout", self.start_timeout)
         _check_positive("stop_timeout", self.stop_timeout)
-        if isinstance(self.jvm_options, str) or not all(
-            isinstance(opt, str) for opt in self.jvm_options
-        ):
+        if isinstance(self.jvm_options, str) or not all(isinstance(opt, str) for opt in self.jvm_options):
             raise TypeError("jvm_options: expected a sequence of strings")
         object.__setattr__(self, "jvm_options", tuple(self.jvm_options))
         if not isinstance(self.quick_start, bool):
@@ -510,9 +507,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _request(
-    sock: socket.socket, api_key: int, api_version: int, correlation_id: int, body: bytes
-) -> bytes:
+def _request(sock: socket.socket, api_key: int, api_version: int, correlation_id: int, body: bytes) -> bytes:
     """Send one request (header v1) and return the response body after its header v0."""
     client_id = b"sutra-devservices"
     header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id
@@ -566,9 +561,7 @@ class _ClusterMetadata:
     topics: Mapping[str, tuple[int, tuple[int, ...]]]
 
 
-def _fetch_metadata(
-    host: str, port: int, topics: Sequence[str] | None, timeout: float
-) -> _ClusterMetadata:
+def _fetch_metadata(host: str, port: int, topics: Sequence[str] | None, timeout: float) -> _ClusterMetadata:
     """Query a broker with ApiVersions and Metadata (v4) requests.
 
     Args:
@@ -710,9 +703,7 @@ class KafkaBroker:
     def controller_port(self) -> int:
         """KRaft controller port; known once the broker has been started."""
         if self._controller_port is None:
-            raise KafkaDevServiceError(
-                "the controller port is chosen at start(); start the broker first"
-            )
+            raise KafkaDevServiceError("the controller port is chosen at start(); start the broker first")
         return self._controller_port
 
     @property
@@ -748,7 +739,7 @@ class KafkaBroker:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> KafkaBroker:
+    def start(self) -> Self:
         """Start the broker and wait until it serves client requests.
 
         Fetches the jars on first use, picks ports, formats the storage the
@@ -844,7 +835,7 @@ class KafkaBroker:
                 self._cell[0] = None
                 self._settle_archive(keep=False)
 
-    def restart(self, *, graceful: bool = True) -> KafkaBroker:
+    def restart(self, *, graceful: bool = True) -> Self:
         """Stop (or kill) the broker and start it again on the same ports and data.
 
         Args:
@@ -868,7 +859,7 @@ class KafkaBroker:
                 shutil.rmtree(self._data_dir, ignore_errors=True)
                 self._data_dir = None
 
-    def __enter__(self) -> KafkaBroker:
+    def __enter__(self) -> Self:
         """Start the broker."""
         return self.start()
 
@@ -1062,9 +1053,16 @@ class KafkaBroker:
             partial.unlink(missing_ok=True)
 
     def _run_tool(self, java: str, classpath: str, args: Sequence[str], timeout: float) -> str:
-        command = [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                   "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-                   "-cp", classpath, *args]
+        command = [
+            java,
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-cp",
+            classpath,
+            *args,
+        ]
         try:
             result = subprocess.run(
                 command,
@@ -1196,15 +1194,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sutra_embedder.devservices.kafka",
         description="Run a local single-node Apache Kafka broker (KRaft mode) for demos and tests.",
     )
-    parser.add_argument("--port", type=int, default=9092, help="client port, 0 for any free port (default 9092)")
-    parser.add_argument("--controller-port", type=int, default=0, help="controller port (default: any free port)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="keep data here (default: a temporary directory)")
+    parser.add_argument(
+        "--port", type=int, default=9092, help="client port, 0 for any free port (default 9092)"
+    )
+    parser.add_argument(
+        "--controller-port", type=int, default=0, help="controller port (default: any free port)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="keep data here (default: a temporary directory)"
+    )
     parser.add_argument("--partitions", type=int, default=1, help="partitions of auto-created topics")
     parser.add_argument("--heap", default="512m", help="JVM max heap (default 512m)")
-    parser.add_argument("--topic", action="append", default=[], metavar="NAME[:PARTITIONS]",
-                        help="create this topic at start-up; repeatable")
-    parser.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra broker property; repeatable")
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="NAME[:PARTITIONS]",
+        help="create this topic at start-up; repeatable",
+    )
+    parser.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra broker property; repeatable",
+    )
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--version", default=KAFKA_VERSION, help=f"Kafka version (default {KAFKA_VERSION})")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -1241,9 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _on_signal(signum: int, _frame: types.FrameType | None) -> None:
         stop_requested.set()
 
-    previous = {
-        sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     broker = KafkaBroker(config)
     try:
         print(f"Starting Kafka {config.kafka_version} ...", file=sys.stderr, flush=True)

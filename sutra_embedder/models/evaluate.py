@@ -120,13 +120,9 @@ def _iter_json_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise EvalDataError(
-                    f"{path}:{lineno}: invalid JSON: {exc.msg}"
-                ) from exc
+                raise EvalDataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
             if not isinstance(obj, dict):
-                raise EvalDataError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
+                raise EvalDataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             records.append((lineno, obj))
     return records
 
@@ -150,16 +146,11 @@ def _require_str(obj: Mapping[str, Any], field: str, path: Path, lineno: int) ->
         raise EvalDataError(f"{path}:{lineno}: missing required field {field!r}")
     value = obj[field]
     if not isinstance(value, str):
-        raise EvalDataError(
-            f"{path}:{lineno}: field {field!r} must be a string, "
-            f"got {type(value).__name__}"
-        )
+        raise EvalDataError(f"{path}:{lineno}: field {field!r} must be a string, got {type(value).__name__}")
     return value
 
 
-def _require_id(
-    obj: Mapping[str, Any], path: Path, lineno: int, seen: dict[str, int]
-) -> str:
+def _require_id(obj: Mapping[str, Any], path: Path, lineno: int, seen: dict[str, int]) -> str:
     """Read and validate the ``id`` field, checking for duplicates.
 
     Args:
@@ -179,9 +170,7 @@ def _require_id(
     if not ident:
         raise EvalDataError(f"{path}:{lineno}: field 'id' must not be empty")
     if ident in seen:
-        raise EvalDataError(
-            f"{path}:{lineno}: field 'id' value {ident!r} duplicates line {seen[ident]}"
-        )
+        raise EvalDataError(f"{path}:{lineno}: field 'id' value {ident!r} duplicates line {seen[ident]}")
     seen[ident] = lineno
     return ident
 
@@ -238,8 +227,7 @@ def load_queries(path: PathLike) -> list[Query]:
         relevant = obj["relevant"]
         if not isinstance(relevant, list):
             raise EvalDataError(
-                f"{file}:{lineno}: field 'relevant' must be a list of strings, "
-                f"got {type(relevant).__name__}"
+                f"{file}:{lineno}: field 'relevant' must be a list of strings, got {type(relevant).__name__}"
             )
         if not relevant:
             raise EvalDataError(f"{file}:{lineno}: field 'relevant' must not be empty")
@@ -251,9 +239,7 @@ def load_queries(path: PathLike) -> list[Query]:
                     f"got {type(doc_id).__name__}"
                 )
         if len(set(relevant)) != len(relevant):
-            raise EvalDataError(
-                f"{file}:{lineno}: field 'relevant' contains duplicate ids"
-            )
+            raise EvalDataError(f"{file}:{lineno}: field 'relevant' contains duplicate ids")
         queries.append(Query(id=ident, text=text, relevant=tuple(relevant)))
     return queries
 
@@ -276,9 +262,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
-def _stable_top_k(
-    scores: npt.NDArray[np.floating[Any]], k: int
-) -> npt.NDArray[np.int64]:
+def _stable_top_k(scores: npt.NDArray[np.floating[Any]], k: int) -> npt.NDArray[np.int64]:
     """Return the indices of the ``k`` best columns of each row.
 
     Columns are ordered by descending score; equal scores are ordered by
@@ -380,8 +364,7 @@ def exact_top_k(
     docs = _as_2d_float(doc_vecs, "doc_vecs")
     if queries.shape[1] != docs.shape[1]:
         raise ValueError(
-            f"dimension mismatch: query_vecs has {queries.shape[1]} columns, "
-            f"doc_vecs has {docs.shape[1]}"
+            f"dimension mismatch: query_vecs has {queries.shape[1]} columns, doc_vecs has {docs.shape[1]}"
         )
     if metric == "cosine":
         queries = _l2_normalize(queries)
@@ -421,10 +404,7 @@ def _doc_index(doc_ids: Sequence[str]) -> dict[str, int]:
     index: dict[str, int] = {}
     for position, doc_id in enumerate(doc_ids):
         if doc_id in index:
-            raise ValueError(
-                f"duplicate document id {doc_id!r} at positions "
-                f"{index[doc_id]} and {position}"
-            )
+            raise ValueError(f"duplicate document id {doc_id!r} at positions {index[doc_id]} and {position}")
         index[doc_id] = position
     return index
 
@@ -469,14 +449,9 @@ def metrics_from_rankings(
     _check_k(k)
     ranked = np.asarray(rankings)
     if ranked.ndim != 2 or ranked.shape[0] != len(queries):
-        raise ValueError(
-            f"rankings must have shape (n_queries={len(queries)}, m), "
-            f"got {ranked.shape}"
-        )
+        raise ValueError(f"rankings must have shape (n_queries={len(queries)}, m), got {ranked.shape}")
     if ranked.size and not np.issubdtype(ranked.dtype, np.integer):
-        raise ValueError(
-            f"rankings must hold integer indices, got dtype {ranked.dtype}"
-        )
+        raise ValueError(f"rankings must hold integer indices, got dtype {ranked.dtype}")
     n_docs = len(doc_ids)
     if ranked.size and (ranked.min() < 0 or ranked.max() >= n_docs):
         raise ValueError(f"rankings contain indices outside [0, {n_docs})")
@@ -496,8 +471,7 @@ def metrics_from_rankings(
         for doc_id in query.relevant:
             if doc_id not in index:
                 raise ValueError(
-                    f"query {query.id!r} names relevant document {doc_id!r} "
-                    "which is not in doc_ids"
+                    f"query {query.id!r} names relevant document {doc_id!r} which is not in doc_ids"
                 )
             relevant_idx.add(index[doc_id])
         hits = np.fromiter(
@@ -544,10 +518,7 @@ def per_query_metrics(
     matrix = _as_2d_float(scores, "scores")
     expected = (len(queries), len(doc_ids))
     if matrix.shape != expected:
-        raise ValueError(
-            f"scores must have shape (n_queries, n_docs) = {expected}, "
-            f"got {matrix.shape}"
-        )
+        raise ValueError(f"scores must have shape (n_queries, n_docs) = {expected}, got {matrix.shape}")
     rankings = _stable_top_k(matrix, min(k, matrix.shape[1]))
     return metrics_from_rankings(rankings, doc_ids, queries, k)
 
@@ -561,10 +532,7 @@ def _mean_metrics(per_query: Mapping[str, npt.NDArray[np.float64]]) -> dict[str,
     Returns:
         Metric name to mean value (0.0 for an empty query set).
     """
-    return {
-        name: float(values.mean()) if values.size else 0.0
-        for name, values in per_query.items()
-    }
+    return {name: float(values.mean()) if values.size else 0.0 for name, values in per_query.items()}
 
 
 def retrieval_metrics(
@@ -626,13 +594,9 @@ def evaluate_embeddings(
     q = np.asarray(query_vecs)
     d = np.asarray(doc_vecs)
     if q.ndim != 2 or q.shape[0] != len(queries):
-        raise ValueError(
-            f"query_vecs must have shape (n_queries={len(queries)}, dim), got {q.shape}"
-        )
+        raise ValueError(f"query_vecs must have shape (n_queries={len(queries)}, dim), got {q.shape}")
     if d.ndim != 2 or d.shape[0] != len(doc_ids):
-        raise ValueError(
-            f"doc_vecs must have shape (n_docs={len(doc_ids)}, dim), got {d.shape}"
-        )
+        raise ValueError(f"doc_vecs must have shape (n_docs={len(doc_ids)}, dim), got {d.shape}")
     if d.shape[0] == 0:
         raise ValueError("doc_vecs must contain at least one document")
     rankings, _ = exact_top_k(q, d, k, metric="cosine")

@@ -143,9 +143,9 @@ def test_config_validation_names_the_field(kwargs: dict[str, Any], field: str) -
 
 
 def test_config_type_errors_name_the_field() -> None:
-    with pytest.raises(TypeError, match="^port:"):
+    with pytest.raises(TypeError, match=r"^port:"):
         KafkaBrokerConfig(port="9092")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="^jvm_options:"):
+    with pytest.raises(TypeError, match=r"^jvm_options:"):
         KafkaBrokerConfig(jvm_options="-Xint")  # type: ignore[arg-type]
 
 
@@ -225,9 +225,7 @@ def test_broker_is_up(kafka_broker: KafkaBroker) -> None:
 
 
 @pytest.mark.kafka
-def test_produce_and_consume_by_id(
-    kafka_broker: KafkaBroker, kafka_topic_factory: TopicFactory
-) -> None:
+def test_produce_and_consume_by_id(kafka_broker: KafkaBroker, kafka_topic_factory: TopicFactory) -> None:
     topic = kafka_topic_factory(partitions=3)
     count = 500
     producer = make_producer(kafka_broker.bootstrap_servers)
@@ -335,9 +333,7 @@ def test_ten_megabyte_message_round_trip(
 
 
 @pytest.mark.kafka
-def test_create_topic_with_java_tool(
-    kafka_broker: KafkaBroker, kafka_topic_factory: TopicFactory
-) -> None:
+def test_create_topic_with_java_tool(kafka_broker: KafkaBroker, kafka_topic_factory: TopicFactory) -> None:
     name = kafka_topic_factory(create=False)
     kafka_broker.create_topic(name, partitions=3, via="java")
     kafka_broker.create_topic(name, partitions=3, via="java", exist_ok=True)
@@ -365,17 +361,25 @@ def test_bad_configuration_reports_broker_output(tmp_path: Path) -> None:
         data_dir=tmp_path / "broken",
         extra_properties={"num.io.threads": "not-a-number"},
     )
-    with pytest.raises(KafkaDevServiceError, match="num.io.threads"):
-        with KafkaBroker(config):
-            pass
+    with pytest.raises(KafkaDevServiceError, match=r"num\.io\.threads"), KafkaBroker(config):
+        pass
 
 
 @pytest.mark.kafka
 def test_command_line_runs_until_sigterm(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
     # ``kafka_broker`` makes sure the jars are cached before the subprocess starts.
     process = subprocess.Popen(
-        [sys.executable, "-m", "sutra_embedder.devservices.kafka", "--port", "0",
-         "--data-dir", str(tmp_path / "cli"), "--topic", "cli-topic:2"],
+        [
+            sys.executable,
+            "-m",
+            "sutra_embedder.devservices.kafka",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "cli"),
+            "--topic",
+            "cli-topic:2",
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -221,15 +221,11 @@ def test_evaluate_embeddings_matches_retrieval_metrics() -> None:
     doc_vecs = rng.normal(size=(60, 8))
     query_vecs = rng.normal(size=(12, 8))
     ids = [f"d{i}" for i in range(60)]
-    queries = [
-        q(f"q{i}", f"d{(7 * i) % 60}", f"d{(11 * i + 3) % 60}") for i in range(12)
-    ]
+    queries = [q(f"q{i}", f"d{(7 * i) % 60}", f"d{(11 * i + 3) % 60}") for i in range(12)]
     dn = doc_vecs / np.linalg.norm(doc_vecs, axis=1, keepdims=True)
     qn = query_vecs / np.linalg.norm(query_vecs, axis=1, keepdims=True)
     expected = retrieval_metrics(qn @ dn.T, ids, queries, k=5)
-    assert evaluate_embeddings(
-        query_vecs, doc_vecs, ids, queries, k=5
-    ) == pytest.approx(expected)
+    assert evaluate_embeddings(query_vecs, doc_vecs, ids, queries, k=5) == pytest.approx(expected)
 
 
 def test_evaluate_embeddings_shape_checks() -> None:
@@ -313,9 +309,7 @@ def test_load_corpus_malformed_line(tmp_path: Path, line: str, needle: str) -> N
         ),
     ],
 )
-def test_load_queries_malformed_line(
-    tmp_path: Path, record: dict[str, object], needle: str
-) -> None:
+def test_load_queries_malformed_line(tmp_path: Path, record: dict[str, object], needle: str) -> None:
     path = write_lines(
         tmp_path / "bad_queries.jsonl",
         [json.dumps({"id": "q1", "text": "ok", "relevant": ["a"]}), json.dumps(record)],
