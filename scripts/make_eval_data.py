@@ -606,12 +606,20 @@ def describe(name: str, lengths: list[int], edges: list[int], unit: str) -> str:
     return "\n".join(lines)
 
 
+#: Characters that ``str.splitlines`` treats as line breaks but JSON leaves
+#: unescaped; they are escaped so that every record stays on one line.
+_LINE_BREAK_ESCAPES = {ch: f"\\u{ord(ch):04x}" for ch in ("\u0085", "\u2028", "\u2029")}
+
+
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
     """Write records as UTF-8 JSON Lines and return the file size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False)
+            for char, escape in _LINE_BREAK_ESCAPES.items():
+                line = line.replace(char, escape)
+            handle.write(line + "\n")
     return path.stat().st_size
 
 

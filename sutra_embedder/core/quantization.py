@@ -4,9 +4,9 @@ The semantics follow sentence-transformers' ``quantize_embeddings``:
 
 * ``float16``: a cast.
 * ``int8`` / ``uint8``: each dimension's calibration range ``[lo, hi]`` is cut
-  into 255 equal steps; ``uint8 = (x - lo) / step`` and ``int8 = uint8 - 128``,
-  truncated toward zero. Unlike sentence-transformers, values outside the
-  calibration range are *clipped* to it instead of wrapping around.
+  into 255 equal steps; ``uint8 = floor((x - lo) / step)`` and
+  ``int8 = uint8 - 128`` (float32 arithmetic). Values outside the calibration
+  range are clipped to its ends, never wrapped around.
 * ``binary`` / ``ubinary``: one bit per dimension (``x > 0``) packed 8 to a byte
   (big-endian bit order); ``binary`` stores the bytes offset by -128 as int8.
 """
@@ -108,10 +108,10 @@ def quantize_embeddings(
                 f"ranges cover {calibration.dim} dims but the vectors have {emb.shape[-1]}",
             )
         calibration = calibration.truncated(emb.shape[-1])
-    lo = calibration.lo.astype(np.float64)
-    steps = (calibration.hi.astype(np.float64) - lo) / 255.0
-    steps = np.where(steps > 0, steps, 1.0)
-    levels = np.clip((emb.astype(np.float64) - lo) / steps, 0.0, 255.0)
+    lo = calibration.lo.astype(np.float32)
+    steps = (calibration.hi.astype(np.float32) - lo) / np.float32(255)
+    steps = np.where(steps > 0, steps, np.float32(1))
+    levels = np.clip(np.floor((emb.astype(np.float32) - lo) / steps), 0, 255)
     if precision == "uint8":
         return levels.astype(np.uint8)
     return (levels - 128.0).astype(np.int8)

@@ -63,7 +63,7 @@ def _provider_list(cfg: RuntimeConfig, model_path: Path) -> list[Any]:
     wanted: list[Any] = []
     if cfg.device == "tensorrt":
         wanted = [(TENSORRT, trt_opts), (CUDA, cuda_opts)]
-    elif cfg.device in ("cuda", "auto") and CUDA in available:
+    elif cfg.device == "cuda" or (cfg.device == "auto" and CUDA in available):
         wanted = [(CUDA, cuda_opts)]
     if cfg.device in ("cuda", "tensorrt"):
         missing = [p for p, _ in wanted if p not in available]

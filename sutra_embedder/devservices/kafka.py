@@ -481,6 +481,31 @@ def _render_properties(props: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _port_is_free(port: int) -> bool:
+    """Tell whether nothing listens on ``127.0.0.1:port`` (TIME_WAIT leftovers are fine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _formatted_cluster_id(log_dir: Path) -> str | None:
+    """Return the cluster id recorded in a formatted KRaft log directory, if any."""
+    meta = log_dir / "meta.properties"
+    try:
+        text = meta.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "cluster.id":
+            return value.strip()
+    raise KafkaDevServiceError(f"{meta} has no cluster.id; delete the data directory")
+
+
 def _free_port(exclude: Sequence[int] = ()) -> int:
     """Ask the OS for a currently unused TCP port on 127.0.0.1."""
     for _ in range(50):
@@ -556,6 +581,7 @@ class _Reader:
 
 @dataclass(frozen=True)
 class _ClusterMetadata:
+    cluster_id: str | None
     brokers: tuple[tuple[int, str, int], ...]
     # topic name -> (topic error code, leader id of each partition)
     topics: Mapping[str, tuple[int, tuple[int, ...]]]
@@ -599,7 +625,7 @@ def _fetch_metadata(host: str, port: int, topics: Sequence[str] | None, timeout:
         node_port = reader.int32()
         reader.string()  # rack
         brokers.append((node_id, node_host, node_port))
-    reader.string()  # cluster_id
+    cluster_id = reader.string()
     reader.int32()  # controller_id
     described: dict[str, tuple[int, tuple[int, ...]]] = {}
     for _ in range(reader.int32()):
@@ -614,7 +640,7 @@ def _fetch_metadata(host: str, port: int, topics: Sequence[str] | None, timeout:
             reader.int32_array()  # replicas
             reader.int32_array()  # in-sync replicas
         described[name] = (topic_error, tuple(leaders))
-    return _ClusterMetadata(brokers=tuple(brokers), topics=described)
+    return _ClusterMetadata(cluster_id=cluster_id, brokers=tuple(brokers), topics=described)
 
 
 # --------------------------------------------------------------------------
@@ -679,7 +705,6 @@ class KafkaBroker:
         self._controller_port = self.config.controller_port or None
         self._owns_data_dir = self.config.data_dir is None
         self._data_dir: Path | None = self.config.data_dir
-        self._cluster_id = self.config.cluster_id
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()
         self._last_start_seconds: float | None = None
@@ -767,6 +792,11 @@ class KafkaBroker:
                 self._port = _free_port()
             if self._controller_port is None:
                 self._controller_port = _free_port(exclude=(self._port,))
+            for name, port in (("port", self._port), ("controller_port", self._controller_port)):
+                if not _port_is_free(port):
+                    raise KafkaDevServiceError(
+                        f"{name} {port} on 127.0.0.1 is already in use (another Kafka broker?)"
+                    )
             properties_file = self.data_dir / _PROPERTIES_FILE_NAME
             log_dir = self.data_dir / _KRAFT_DIR_NAME
             props = broker_properties(
@@ -777,8 +807,15 @@ class KafkaBroker:
                 extra=self.config.extra_properties,
             )
             properties_file.write_text(_render_properties(props), "utf-8")
-            if not (log_dir / "meta.properties").is_file():
-                self._format_storage(java, classpath, properties_file)
+            cluster_id = _formatted_cluster_id(log_dir)
+            if cluster_id is not None and self.config.cluster_id not in (None, cluster_id):
+                raise KafkaDevServiceError(
+                    f"cluster_id: {log_dir} is formatted for cluster {cluster_id}, "
+                    f"not {self.config.cluster_id}"
+                )
+            if cluster_id is None:
+                cluster_id = self.config.cluster_id or random_cluster_id()
+                self._format_storage(java, classpath, properties_file, cluster_id)
             command = [
                 java,
                 *self._jvm_args(java, libs),
@@ -800,7 +837,7 @@ class KafkaBroker:
                 )
             self._cell[0] = self._process
             try:
-                self._wait_until_ready(began + self.config.start_timeout)
+                self._wait_until_ready(began + self.config.start_timeout, cluster_id)
             except BaseException:
                 self.kill()
                 raise
@@ -932,6 +969,8 @@ class KafkaBroker:
             raise ValueError(f"partitions: must be a positive int, got {partitions!r}")
         if not self.is_running():
             raise KafkaDevServiceError("create_topic: the broker is not running")
+        if via not in ("auto", "kafka-python", "java"):
+            raise ValueError(f"via: expected 'auto', 'kafka-python' or 'java', got {via!r}")
         topic_config = dict(config or {})
         use_python = via == "kafka-python"
         if via == "auto":
@@ -945,7 +984,8 @@ class KafkaBroker:
             self._create_topic_python(name, partitions, topic_config, exist_ok, timeout)
         else:
             self._create_topic_java(name, partitions, topic_config, exist_ok, timeout)
-        self.wait_for_topic(name, partitions, timeout=timeout)
+        # An existing topic (exist_ok) may have another partition count.
+        self.wait_for_topic(name, None if exist_ok else partitions, timeout=timeout)
 
     def wait_for_topic(self, name: str, partitions: int | None = None, timeout: float = 30.0) -> None:
         """Wait until ``name`` exists and each of its partitions has a leader.
@@ -972,7 +1012,7 @@ class KafkaBroker:
                 ):
                     return
                 last = f"error code {error}, leaders {list(leaders)}"
-            except OSError as exc:
+            except (OSError, struct.error) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
                 raise KafkaDevServiceError(f"topic {name!r} not ready after {timeout} s ({last})")
@@ -993,13 +1033,6 @@ class KafkaBroker:
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="sutra-kafka-"))
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        if self._cluster_id is None:
-            saved = self._data_dir / "cluster.id"
-            if saved.is_file():
-                self._cluster_id = saved.read_text("utf-8").strip()
-            else:
-                self._cluster_id = random_cluster_id()
-                saved.write_text(self._cluster_id + "\n", "utf-8")
 
     def _jvm_args(self, java: str, libs: Path) -> list[str]:
         quick: list[str] = []
@@ -1084,16 +1117,16 @@ class KafkaBroker:
             )
         return output
 
-    def _format_storage(self, java: str, classpath: str, properties_file: Path) -> None:
-        assert self._cluster_id is not None
+    def _format_storage(self, java: str, classpath: str, properties_file: Path, cluster_id: str) -> None:
         self._run_tool(
             java,
             classpath,
-            ["kafka.tools.StorageTool", "format", "-t", self._cluster_id, "-c", str(properties_file)],
+            ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties_file)],
             timeout=max(self.config.start_timeout, 60.0),
         )
 
-    def _wait_until_ready(self, deadline: float) -> None:
+    def _wait_until_ready(self, deadline: float, cluster_id: str) -> None:
+        """Poll until the broker answers ApiVersions and lists itself in Metadata."""
         last_error = "no connection attempt yet"
         while True:
             process = self._process
@@ -1101,13 +1134,18 @@ class KafkaBroker:
                 code = None if process is None else process.returncode
                 raise KafkaDevServiceError(
                     f"the Kafka broker exited during start-up (exit code {code}); "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"log {self.log_path}:\n{self._failure_excerpt()}"
                 )
             try:
                 meta = _fetch_metadata("127.0.0.1", self.port, None, timeout=2.0)
             except (OSError, struct.error) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
+                if meta.cluster_id != cluster_id:
+                    raise KafkaDevServiceError(
+                        f"a different Kafka cluster ({meta.cluster_id}) answers on "
+                        f"{self.bootstrap_servers}; expected cluster {cluster_id}"
+                    )
                 if meta.brokers:
                     return
                 last_error = "broker answered but is not registered yet"
@@ -1115,15 +1153,31 @@ class KafkaBroker:
                 raise KafkaDevServiceError(
                     f"the Kafka broker on {self.bootstrap_servers} was not ready within "
                     f"{self.config.start_timeout} s (last probe: {last_error}); "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"log {self.log_path}:\n{self._failure_excerpt()}"
                 )
             time.sleep(0.2)
+
+    def _failure_excerpt(self) -> str:
+        """Error lines of the latest broker run followed by the end of the log."""
+        tail = self.log_tail(400)
+        marker = tail.rfind("==== starting broker")
+        run = tail[marker:] if marker >= 0 else tail
+        errors = [
+            line
+            for line in run.splitlines()
+            if " ERROR " in line or "Exception" in line or line.startswith("Error")
+        ][:12]
+        parts = []
+        if errors:
+            parts.append("errors:\n" + "\n".join(errors))
+        parts.append("last lines:\n" + _tail(run, 25))
+        return "\n".join(parts)
 
     def _create_topic_python(
         self, name: str, partitions: int, config: dict[str, str], exist_ok: bool, timeout: float
     ) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
 
         admin = KafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers,
@@ -1142,6 +1196,8 @@ class KafkaBroker:
             except TopicAlreadyExistsError:
                 if not exist_ok:
                     raise KafkaDevServiceError(f"topic {name!r} already exists") from None
+            except KafkaError as exc:
+                raise KafkaDevServiceError(f"creating topic {name!r} failed: {exc}") from exc
         finally:
             admin.close()
 
@@ -1220,7 +1276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="extra broker property; repeatable",
     )
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    parser.add_argument("--version", default=KAFKA_VERSION, help=f"Kafka version (default {KAFKA_VERSION})")
+    parser.add_argument(
+        "--kafka-version", default=KAFKA_VERSION, help=f"Kafka release (default {KAFKA_VERSION})"
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     extra: dict[str, str] = {}
@@ -1245,7 +1303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_partitions=args.partitions,
             extra_properties=extra,
             start_timeout=args.start_timeout,
-            kafka_version=args.version,
+            kafka_version=args.kafka_version,
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))

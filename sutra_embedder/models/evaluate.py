@@ -443,8 +443,9 @@ def metrics_from_rankings(
 
     Raises:
         ValueError: If shapes disagree, ``k`` is invalid, a ranking index is
-            out of range, document identifiers repeat, or a query names a
-            relevant document that is not in ``doc_ids``.
+            out of range or repeated within a row's top ``k``, document
+            identifiers repeat, or a query names a relevant document that is
+            not in ``doc_ids``.
     """
     _check_k(k)
     ranked = np.asarray(rankings)
@@ -467,15 +468,18 @@ def metrics_from_rankings(
     for row, query in enumerate(queries):
         if not query.relevant:
             raise ValueError(f"query {query.id!r} has no relevant documents")
-        relevant_idx = set()
+        relevant_idx: set[int] = set()
         for doc_id in query.relevant:
             if doc_id not in index:
                 raise ValueError(
                     f"query {query.id!r} names relevant document {doc_id!r} which is not in doc_ids"
                 )
             relevant_idx.add(index[doc_id])
+        top = [int(doc) for doc in ranked[row, :depth]]
+        if len(set(top)) != len(top):
+            raise ValueError(f"ranking of query {query.id!r} lists a document twice")
         hits = np.fromiter(
-            (int(doc) in relevant_idx for doc in ranked[row, :depth]),
+            (doc in relevant_idx for doc in top),
             dtype=bool,
             count=depth,
         )

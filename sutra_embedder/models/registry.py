@@ -182,7 +182,13 @@ def import_into_cache(src: str | Path, name: str, force: bool = False) -> Path:
     dest = model_path(name)
     if (dest / MANIFEST_NAME).is_file() and not force:
         return dest
-    return import_model(src, dest, name)
+    path = Path(src).expanduser()
+    if not path.is_dir():
+        if _looks_like_hub_id(str(src)):
+            path = _download_hub(str(src))
+        else:
+            raise ModelNotFoundError(f"{src} is neither a model directory nor a hub id (org/name)")
+    return import_model(path, dest, name)
 
 
 def _looks_like_hub_id(name: str) -> bool:

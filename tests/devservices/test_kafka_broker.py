@@ -357,12 +357,38 @@ def test_create_existing_topic_fails(kafka_broker: KafkaBroker, kafka_topic: str
 
 @pytest.mark.kafka
 def test_bad_configuration_reports_broker_output(tmp_path: Path) -> None:
+    # Rejected while formatting the storage.
     config = KafkaBrokerConfig(
         data_dir=tmp_path / "broken",
         extra_properties={"num.io.threads": "not-a-number"},
     )
     with pytest.raises(KafkaDevServiceError, match=r"num\.io\.threads"), KafkaBroker(config):
         pass
+
+    # Rejected by the broker itself, on a data directory formatted earlier.
+    data_dir = tmp_path / "reused"
+    KafkaBroker(KafkaBrokerConfig(data_dir=data_dir)).start().stop()
+    config = KafkaBrokerConfig(data_dir=data_dir, extra_properties={"node.id": "7"})
+    with pytest.raises(KafkaDevServiceError, match="exited during start-up") as info:
+        KafkaBroker(config).start()
+    assert "node id 7" in str(info.value)
+
+
+@pytest.mark.kafka
+def test_start_timeout_kills_the_process(tmp_path: Path) -> None:
+    broker = KafkaBroker(KafkaBrokerConfig(data_dir=tmp_path / "slow", start_timeout=0.3))
+    with pytest.raises(KafkaDevServiceError, match=r"not ready within 0\.3 s") as info:
+        broker.start()
+    assert not broker.is_running()
+    assert str(broker.log_path) in str(info.value)
+
+
+@pytest.mark.kafka
+def test_port_in_use_is_reported(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    config = KafkaBrokerConfig(port=kafka_broker.port, data_dir=tmp_path / "clash")
+    with pytest.raises(KafkaDevServiceError, match=rf"port {kafka_broker.port} .* in use"):
+        KafkaBroker(config).start()
+    assert kafka_broker.is_running()
 
 
 @pytest.mark.kafka

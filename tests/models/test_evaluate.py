@@ -154,6 +154,13 @@ def test_metrics_from_rankings_matches_scores() -> None:
     np.testing.assert_allclose(result["mrr@10"], [0.5])
 
 
+def test_metrics_from_rankings_rejects_repeated_documents() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        metrics_from_rankings(np.array([[0, 0, 1]]), DOCS, [q("q", "d0")], k=3)
+    with pytest.raises(ValueError, match="outside"):
+        metrics_from_rankings(np.array([[0, 5]]), DOCS, [q("q", "d0")], k=2)
+
+
 def test_metric_input_validation() -> None:
     scores = np.zeros((1, 5))
     with pytest.raises(ValueError, match="shape"):
