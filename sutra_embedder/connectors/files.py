@@ -7,6 +7,7 @@ out as a :class:`DeadLetter` (stage ``read``), so a pipeline can count it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -175,10 +176,8 @@ def _read_parquet(spec: SourceSpec) -> Iterator[ReadItem]:
 def _dead(rid: str | None, kind: str, error: str, src: str, original: object) -> DeadLetter:
     text, encoding = describe_original(original)
     if isinstance(original, bytes):
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             text, encoding = describe_original(original.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
     return DeadLetter(rid, "read", kind, error, "", src, text, encoding)
 
 

@@ -202,7 +202,7 @@ class Embedder:
         start = time.perf_counter()
         try:
             vecs = self._run(ids, mask)
-        except Exception as exc:  # noqa: BLE001 - bisect to isolate the failing row
+        except Exception as exc:  # bisect to isolate the failing row
             if len(batch) == 1:
                 failed[int(batch[0])] = f"{type(exc).__name__}: {exc}"
                 return

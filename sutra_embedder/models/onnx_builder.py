@@ -155,8 +155,6 @@ def build_encoder(
     g = _Graph()
     ids, mask = "input_ids", "attention_mask"
     i64 = lambda name, v: g.const(name, np.asarray(v, dtype=np.int64))  # noqa: E731
-    zero, one = i64("c_zero", 0), i64("c_one", 1)
-    seq_len = g.op("Gather", [g.op("Shape", [ids]), one], axis=0)
     maskf = g.op("Cast", [mask], to=TensorProto.FLOAT)
 
     # Embeddings.
@@ -176,10 +174,13 @@ def build_encoder(
                      spec.layer_norm_eps, "embeddings.LayerNorm")
 
     # Additive attention mask [B, 1, 1, S] (plus MPNet's relative position bias).
-    inv = g.op("Sub", [g.scalar(1.0), maskf])
-    bias = g.op("Mul", [inv, g.scalar(MASK_VALUE)])
-    bias = g.op("Unsqueeze", [bias, i64("c_axes12", [1, 2])])
+    if not fused:
+        inv = g.op("Sub", [g.scalar(1.0), maskf])
+        bias = g.op("Mul", [inv, g.scalar(MASK_VALUE)])
+        bias = g.op("Unsqueeze", [bias, i64("c_axes12", [1, 2])])
     if spec.architecture == "mpnet":
+        zero, one = i64("c_zero", 0), i64("c_one", 1)
+        seq_len = g.op("Gather", [g.op("Shape", [ids]), one], axis=0)
         rng = g.op("Range", [zero, seq_len, one])
         rel = g.op("Sub", [g.op("Unsqueeze", [rng, zero]), g.op("Unsqueeze", [rng, one])])
         rel = g.op("Add", [rel, i64("c_relshift", spec.max_positions - 1)])
@@ -188,16 +189,17 @@ def build_encoder(
         table = g.const("relative_attention_bias", w("encoder.relative_attention_bias.weight"))
         pb = g.op("Transpose", [g.op("Gather", [table, buckets], axis=0)], perm=[2, 0, 1])
         pos_bias = g.op("Unsqueeze", [pb, zero])
-        bias = g.op("Add", [bias, pos_bias])
+        if not fused:
+            bias = g.op("Add", [bias, pos_bias])
 
     heads, dh = spec.heads, spec.hidden // spec.heads
-    split_shape = i64("c_split_shape", [0, 0, heads, dh])
-    merge_shape = i64("c_merge_shape", [0, 0, spec.hidden])
-    scale = g.const("c_scale", np.asarray(1.0 / math.sqrt(dh), np.float32))
-
     if fused:
         mask32 = g.op("Cast", [mask], to=TensorProto.INT32)
         attn_bias = pos_bias if spec.architecture == "mpnet" else ""
+    else:
+        split_shape = i64("c_split_shape", [0, 0, heads, dh])
+        merge_shape = i64("c_merge_shape", [0, 0, spec.hidden])
+        scale = g.const("c_scale", np.asarray(1.0 / math.sqrt(dh), np.float32))
 
     for i in range(spec.layers):
         L = f"encoder.layer.{i}."
@@ -257,12 +259,12 @@ def build_encoder(
 
 def _fused_layer(
     g: _Graph, spec: EncoderSpec, x: str, mask32: str, attn_bias: str, w: Any,
-    qn: str, kn: str, vn: str, on: str, ln1: str, L: str,
+    qn: str, kn: str, vn: str, on: str, ln1: str, layer: str,
 ) -> str:
     """One encoder layer with ONNX Runtime's contrib operators."""
     qkv_w = np.concatenate([w(n + ".weight").T for n in (qn, kn, vn)], axis=1)
     qkv_b = np.concatenate([w(n + ".bias") for n in (qn, kn, vn)])
-    inputs = [x, g.const(L + "attention.qkv.weight", qkv_w), g.const(L + "attention.qkv.bias", qkv_b),
+    inputs = [x, g.const(layer + "attention.qkv.weight", qkv_w), g.const(layer + "attention.qkv.bias", qkv_b),
               mask32]
     if attn_bias:
         inputs += ["", attn_bias]
@@ -272,17 +274,18 @@ def _fused_layer(
     x = g.op("SkipLayerNormalization",
              [attn, x, g.const(ln1 + ".weight", w(ln1 + ".weight")), g.const(ln1 + ".bias", w(ln1 + ".bias")),
               g.const(on + ".bias", w(on + ".bias"))], domain=MS_DOMAIN, epsilon=spec.layer_norm_eps)
-    inter = g.op("MatMul", [x, g.const(L + "intermediate.dense.weight_t", w(L + "intermediate.dense.weight").T)])
-    ib = g.const(L + "intermediate.dense.bias", w(L + "intermediate.dense.bias"))
+    inter_w = g.const(layer + "intermediate.dense.weight_t", w(layer + "intermediate.dense.weight").T)
+    inter = g.op("MatMul", [x, inter_w])
+    ib = g.const(layer + "intermediate.dense.bias", w(layer + "intermediate.dense.bias"))
     if spec.activation == "gelu":
         inter = g.op("BiasGelu", [inter, ib], domain=MS_DOMAIN)
     else:
         inter = _activation(g, g.op("Add", [inter, ib]), spec.activation)
-    out = g.op("MatMul", [inter, g.const(L + "output.dense.weight_t", w(L + "output.dense.weight").T)])
-    ln2 = L + "output.LayerNorm"
+    out = g.op("MatMul", [inter, g.const(layer + "output.dense.weight_t", w(layer + "output.dense.weight").T)])
+    ln2 = layer + "output.LayerNorm"
     return g.op("SkipLayerNormalization",
                 [out, x, g.const(ln2 + ".weight", w(ln2 + ".weight")), g.const(ln2 + ".bias", w(ln2 + ".bias")),
-                 g.const(L + "output.dense.bias", w(L + "output.dense.bias"))],
+                 g.const(layer + "output.dense.bias", w(layer + "output.dense.bias"))],
                 domain=MS_DOMAIN, epsilon=spec.layer_norm_eps)
 
 

@@ -210,7 +210,7 @@ def _download_hub(repo_id: str) -> Path:
             repo_id,
             allow_patterns=["*.json", "model.safetensors", "1_Pooling/*", "*.txt"],
         ))
-    except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
+    except Exception as exc:  # every failure means the same to the user
         raise ModelNotFoundError(
             f"cannot download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Without hub access, copy the "

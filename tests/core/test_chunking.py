@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ def test_windows_cover_every_token_with_the_given_overlap(n: int, window: int, o
         assert 0 <= s < e <= n and e - s == min(window, n)
         covered[s:e] += 1
     assert covered.min() >= 1
-    for (s0, e0), (s1, _e1) in zip(spans, spans[1:]):
+    for (_s0, e0), (s1, _e1) in itertools.pairwise(spans):
         assert e0 - s1 >= overlap  # consecutive windows share at least `overlap` tokens
     assert spans[-1][1] == n
 

@@ -42,7 +42,7 @@ def test_errors_name_the_field(make: Any, field: str) -> None:
 
 
 def test_choices_are_listed() -> None:
-    with pytest.raises(ConfigError, match="truncate, chunk, reject"):
+    with pytest.raises(ConfigError, match=r"truncate, chunk, reject"):
         ChunkingConfig(policy="drop")  # type: ignore[arg-type]
 
 
@@ -53,9 +53,9 @@ def test_configs_are_frozen() -> None:
 
 
 def test_model_dependent_checks(minilm_dir: Any) -> None:
-    with pytest.raises(ConfigError, match="truncate_dim"):
+    with pytest.raises(ConfigError, match=r"truncate_dim"):
         Embedder(EmbedderConfig(model=str(minilm_dir), truncate_dim=1000))
-    with pytest.raises(ConfigError, match="chunking.window"):
+    with pytest.raises(ConfigError, match=r"chunking\.window"):
         Embedder(EmbedderConfig(model=str(minilm_dir), chunking=ChunkingConfig(window=1024)))
 
 
