@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -101,9 +102,15 @@ def test_connector_dead_letters_pass_through() -> None:
 
 
 def test_an_element_that_breaks_while_read_is_a_dead_letter() -> None:
-    class Broken(dict):  # type: ignore[type-arg]
-        def __iter__(self):  # type: ignore[no-untyped-def]
+    class Broken(Mapping[str, object]):
+        def __getitem__(self, key: str) -> object:
             raise RuntimeError("boom")
 
-    got = parse(Broken(text="x"))
+        def __iter__(self) -> Iterator[str]:
+            return iter(["text"])
+
+        def __len__(self) -> int:
+            return 1
+
+    got = parse(Broken())
     assert isinstance(got, DeadLetterRow) and got.kind == "unsupported_element" and "boom" in got.error
