@@ -303,7 +303,9 @@ def _activation(g: _Graph, x: str, act: str) -> str:
 
 def _pool(g: _Graph, x: str, maskf: str, pooling: str, i64: Any) -> str:
     if pooling == "cls":
-        return g.op("Gather", [x, i64("c_zero_idx", 0)], axis=1)
+        # Slice + Reshape rather than a scalar Gather, which ONNX Runtime's optimizer mis-shapes.
+        first = g.op("Slice", [x, i64("c_cls_start", [0]), i64("c_cls_end", [1]), i64("c_cls_axis", [1])])
+        return g.op("Reshape", [first, i64("c_cls_shape", [0, -1])])
     mask3 = g.op("Unsqueeze", [maskf, i64("c_axis2", [2])])
     if pooling == "max":
         neg = g.op("Mul", [g.op("Sub", [g.scalar(1.0), mask3]),

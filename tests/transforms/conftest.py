@@ -48,7 +48,7 @@ def reference(make_embedder: Callable[..., Embedder]) -> Embedder:
 
 @pytest.fixture(scope="session")
 def corpus_records() -> list[dict[str, str]]:
-    """Forty real records of varied length (ids and texts)."""
+    """Forty real records of varied length, up to about 80 tokens (ids and texts)."""
     lines = (REPO / "examples/corpus.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()][:40]
-    return [{"id": f"doc-{i:03d}", "text": r["text"]} for i, r in enumerate(records)]
+    return [{"id": f"doc-{i:03d}", "text": r["text"][:400]} for i, r in enumerate(records)]

@@ -66,6 +66,7 @@ def test_batch_pipeline_embeds_good_elements_and_dead_letters_bad_ones(
     np.testing.assert_allclose(np.stack([got[i] for i in good_ids]), expected.vectors, atol=2e-5)
     by_id = {r["id"]: r for r in emb}
     assert [by_id[i]["n_tokens"] for i in good_ids] == expected.n_tokens.tolist()
+    assert [by_id[i]["n_chunks"] for i in good_ids] == expected.n_chunks.tolist()
     assert by_id["long-1"]["n_chunks"] > 1 and by_id["doc-000"]["n_chunks"] == 1
     assert by_id["doc-000"]["metadata"] == '{"lang": "en"}'
     assert by_id["row-1"]["metadata"] == '{"source": "row"}'
