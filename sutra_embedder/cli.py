@@ -134,6 +134,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------- quantize
+def _quantize(args: argparse.Namespace) -> int:
+    from sutra_embedder.models.quality import EvalSet
+    from sutra_embedder.models.quantize import (
+        QualityGateError,
+        QuantizeJob,
+        _embedder,
+        precision_table,
+        quantize_model,
+        write_precision_table,
+    )
+
+    job = QuantizeJob(
+        model=args.model, to=args.to, name=args.name, min_ndcg_ratio=args.min_ndcg_ratio,
+        per_channel=not args.per_tensor, keep_float=tuple(x for x in args.keep_float.split(",") if x),
+        calibrate=args.calibrate, eval_corpus=args.eval_corpus, eval_queries=args.eval_queries,
+        limit_queries=args.limit_queries, force=args.force,
+    )
+    try:
+        path, report = quantize_model(job)
+    except QualityGateError as exc:
+        print(exc.report.to_markdown(), file=sys.stderr)
+        print(f"sutra: quality gate: {exc}", file=sys.stderr)
+        return 3
+    print(report.to_markdown())
+    if args.precision_table:
+        table = precision_table(_embedder(str(path)), EvalSet.load(args.eval_corpus, args.eval_queries,
+                                                                   args.limit_queries))
+        print(f"precision table: {write_precision_table(table, path)}")
+    print(f"registered {args.name!r} in {path} (report: {path / 'quality_report.md'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sutra", description="Text embeddings for data pipelines.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -175,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", default=None)
     add_embedder_args(e)
     e.set_defaults(func=_eval)
+
+    q = sub.add_parser("quantize", help="INT8 (CPU) or fp16 (GPU) model behind a retrieval-quality gate")
+    q.add_argument("--model", default="minilm")
+    q.add_argument("--to", required=True, choices=("int8", "fp16"))
+    q.add_argument("--name", required=True, help="name to register the quantized model under")
+    q.add_argument("--min-ndcg-ratio", type=float, default=0.99)
+    q.add_argument("--keep-float", default="Attention", help="operator types left in float, comma-separated")
+    q.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
+    q.add_argument("--calibrate", action="store_true", help="store int8/uint8 output calibration ranges")
+    q.add_argument("--precision-table", action="store_true",
+                   help="also write nDCG vs bytes/vector across Matryoshka dims and precisions")
+    q.add_argument("--eval-corpus", default=None)
+    q.add_argument("--eval-queries", default=None)
+    q.add_argument("--limit-queries", type=int, default=None)
+    q.add_argument("--force", action="store_true")
+    q.set_defaults(func=_quantize)
 
     for extra in _EXTRA_COMMANDS:
         extra(sub)

@@ -1,3 +1,3 @@
 """Shared pytest configuration."""
 
-pytest_plugins = ["tests.fixtures.models", "tests.fixtures.kafka", "tests.fixtures.beam"]
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.kafka", "tests.fixtures.beam", "tests.fixtures.postgres"]

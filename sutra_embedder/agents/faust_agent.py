@@ -69,7 +69,7 @@ def require_faust() -> ModuleType:
 
 def _positive(name: str, value: object, *, integer: bool = False) -> None:
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or not float(value) > 0:  # type: ignore[arg-type]
         kind = "integer" if integer else "number"
         raise ConfigError(name, f"must be a positive {kind}, got {value!r}")
 
@@ -314,7 +314,7 @@ class EmbeddingAgent:
             # The transaction of the input partition: Faust commits that
             # partition's offsets in it.
             tp = event.message.tp
-            from faust.types.tuples import TopicPartitionGroup
+            from faust.transport.consumer import TopicPartitionGroup
 
             group = app.assignor.group_for_topic(tp.topic)
             transactional_id = app.consumer.transactions.transactional_id_format.format(

@@ -115,14 +115,14 @@ class Embedder:
         self.model_dir = resolve_model_dir(self.config.model)
         self.manifest: ModelManifest = load_manifest(self.model_dir)
         self.tokenizer = TextTokenizer(self.model_dir / "tokenizer.json")
-        variant = "fp32"
+        variant = "default"
         if self.config.runtime.device in ("cuda", "tensorrt", "auto") and self.config.runtime.fp16:
-            variant = "fp16" if "fp16" in self.manifest.files else "fp32"
+            variant = "fp16" if "fp16" in self.manifest.files else "default"
         model_file = self.model_dir / self.manifest.files[variant]
         self.session, self.session_info = create_session(model_file, self.config.runtime)
         if variant == "fp16" and not self.session_info.on_gpu:
-            # fp16 graphs are slow on CPU: reload the fp32 graph.
-            model_file = self.model_dir / self.manifest.files["fp32"]
+            # fp16 graphs are for GPUs; on CPU load the default graph instead.
+            model_file = self.model_dir / self.manifest.files["default"]
             self.session, self.session_info = create_session(model_file, self.config.runtime)
         self._input_names = [i.name for i in self.session.get_inputs()]
         self._output_name = self.manifest.output

@@ -31,7 +31,7 @@ class ModelManifest:
         inputs: Graph input names, in the order the graph declares them.
         output: Name of the graph's sentence-vector output.
         architecture: Source architecture (``bert``, ``mpnet``...).
-        files: Variant name -> ONNX file (``fp32``, ``fp16``, ``int8``).
+        files: Variant -> ONNX file: ``default`` (any device) and optionally ``fp16`` (GPU).
         prompts: Named prompt prefixes (``{"query": "query: "}``) from the source.
         source: Where the model came from (path or package).
         source_sha256: Hash of the source weights, to detect a changed source.
@@ -47,7 +47,7 @@ class ModelManifest:
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")
     output: str = "sentence_embedding"
     architecture: str = "bert"
-    files: dict[str, str] = field(default_factory=lambda: {"fp32": "model.onnx"})
+    files: dict[str, str] = field(default_factory=lambda: {"default": "model.onnx"})
     prompts: dict[str, str] = field(default_factory=dict)
     source: str = ""
     source_sha256: str = ""
@@ -63,6 +63,10 @@ class ModelManifest:
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
         data = dict(data)
         data["inputs"] = tuple(data.get("inputs", ("input_ids", "attention_mask")))
+        files = dict(data.get("files") or {})
+        if "default" not in files and "fp32" in files:  # manifests written before "default"
+            files["default"] = files.pop("fp32")
+        data["files"] = files or {"default": "model.onnx"}
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -81,7 +85,7 @@ def load_manifest(model_dir: str | Path) -> ModelManifest:
             "Import a sentence-transformers directory with `sutra models import SRC --name NAME`."
         )
     manifest = ModelManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    for required in ("tokenizer.json", manifest.files.get("fp32", "model.onnx")):
+    for required in ("tokenizer.json", manifest.files.get("default", "model.onnx")):
         if not (root / required).is_file():
             raise ModelNotFoundError(f"model directory {root} lacks {required}; re-import the model")
     return manifest

@@ -57,6 +57,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "BEAM_VERSION",
@@ -67,6 +71,8 @@ __all__ = [
     "BeamRunnerError",
     "BeamToolingError",
     "FlinkJobServer",
+    "LocalJobServer",
+    "PrismJobServer",
     "beam_cache_dir",
     "cache_dir",
     "ensure_expansion_service_jar",
@@ -121,6 +127,8 @@ _IO_EXPANSION_GRADLE_TARGET = "sdks:java:io:expansion-service:shadowJar"
 _LAUNCHER_ATTRIBUTE = "Sutra-Embedder-Launcher"
 _SOURCE_FILE = "source.json"
 _LIB_DIR = "lib"
+
+_NO_PRISM_SINGLETON = "--experiments=disable_prism_server_singleton"
 
 _GO_TIMEOUT_S = 1800.0
 _MVN_TIMEOUT_S = 1800.0
@@ -286,9 +294,7 @@ def ensure_prism(version: str | None = None) -> Path:
                     check=False,
                 )
             except subprocess.TimeoutExpired as exc:
-                raise BeamRunnerError(
-                    f"'{' '.join(command)}' did not finish within {_GO_TIMEOUT_S:.0f} s"
-                ) from exc
+                raise BeamRunnerError(f"'{' '.join(command)}' did not finish within {_GO_TIMEOUT_S:.0f} s") from exc
             built = Path(build_dir) / "prism"
             if result.returncode != 0 or not _is_executable(built):
                 raise BeamRunnerError(
@@ -477,8 +483,7 @@ def _assemble(service: _JavaService, workdir: Path) -> list[str]:
     if result.returncode != 0 or not jars:
         wanted = ", ".join(dep.coordinates for dep in service.components)
         raise BeamRunnerError(
-            f"mvn failed (exit code {result.returncode}) to resolve {wanted}:\n"
-            f"{_tail(result.stdout + result.stderr)}"
+            f"mvn failed (exit code {result.returncode}) to resolve {wanted}:\n{_tail(result.stdout + result.stderr)}"
         )
     return jars
 
@@ -589,6 +594,9 @@ def _expansion_service() -> _JavaService:
             _MavenDependency(_BEAM_GROUP, "beam-sdks-java-io-kafka", version, (("io.confluent", "*"),)),
             _MavenDependency(*_KAFKA_CLIENTS),
             _MavenDependency(*_EXPANSION_SLF4J_BINDING),
+            # For the Java worker the expansion service also starts in-process
+            # (--alsoStartLoopbackWorker), which Prism uses to run the Java steps.
+            _MavenDependency(*_JAMM),
         ),
     )
 
@@ -685,9 +693,19 @@ def runner_options(runner: str, *, flink_version: str = DEFAULT_FLINK_VERSION) -
       tries Prism, whose download fails at once without internet access, and
       then runs the pipeline in-process (FnApiRunner / BundleBasedDirectRunner).
     * ``"prism"``: Prism built from source, LOOPBACK Python workers.
+
+    Both pass ``--experiments=disable_prism_server_singleton``: Beam keeps one
+    Prism job server per process and reuses it even when a later pipeline
+    names another ``--prism_location``. Without the flag, a DirectRunner
+    pipeline (whose Prism download failed) leaves a broken server behind that
+    makes every later Prism pipeline in the process fail, and a DirectRunner
+    pipeline run after a Prism one silently runs on Prism. The price: each
+    Prism pipeline leaves its idle Prism process (about 40 MB) running until
+    the interpreter exits; :class:`PrismJobServer` avoids that.
     * ``"flink"``: an embedded Flink mini-cluster (``--flink_master=[local]``)
       started by Beam through the cached job server, LOOPBACK Python workers,
-      parallelism 1. Each pipeline starts its own job server JVM; use
+      parallelism 1. Each pipeline starts its own job server JVM (5-10 s),
+      which Beam keeps until the interpreter exits; use
       :class:`FlinkJobServer` to share one between pipelines.
 
     Args:
@@ -705,12 +723,13 @@ def runner_options(runner: str, *, flink_version: str = DEFAULT_FLINK_VERSION) -
     name = runner.strip().lower()
     name = name.removesuffix("runner")
     if name == "direct":
-        return ["--runner=DirectRunner"]
+        return ["--runner=DirectRunner", _NO_PRISM_SINGLETON]
     if name == "prism":
         return [
             "--runner=PrismRunner",
             f"--prism_location={ensure_prism()}",
             "--environment_type=LOOPBACK",
+            _NO_PRISM_SINGLETON,
         ]
     if name == "flink":
         _java_executable()
@@ -727,7 +746,7 @@ def runner_options(runner: str, *, flink_version: str = DEFAULT_FLINK_VERSION) -
 
 
 # --------------------------------------------------------------------------
-# A long-lived Flink job server
+# Long-lived job servers shared by several pipelines
 # --------------------------------------------------------------------------
 
 
@@ -745,54 +764,36 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-class FlinkJobServer:
-    """A Flink job server process shared by several pipelines.
+class LocalJobServer:
+    """A job service process on ``localhost`` that pipelines reach with ``--job_endpoint``."""
 
-    Beam's FlinkRunner normally starts (and stops) a job server JVM for every
-    pipeline. Tests that run several Flink pipelines save that start-up by
-    running one server and pointing pipelines at it with ``--job_endpoint``
-    (:meth:`pipeline_options`). Each job still gets its own embedded Flink
-    mini-cluster (``--flink-master=[local]``).
+    _label = "job server"
 
-    Use as a context manager::
-
-        with FlinkJobServer() as server:
-            PipelineOptions(base_args + server.pipeline_options())
-    """
-
-    def __init__(
-        self,
-        flink_version: str = DEFAULT_FLINK_VERSION,
-        *,
-        jvm_args: Sequence[str] = FAST_STARTUP_JVM_ARGS,
-        log_path: Path | None = None,
-        startup_timeout: float = 180.0,
-    ) -> None:
-        self.flink_version = flink_version
-        self.jvm_args = tuple(jvm_args)
+    def __init__(self, *, log_path: Path | None, startup_timeout: float) -> None:
         self.log_path = log_path
         self.startup_timeout = startup_timeout
+        self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
-        self.startup_seconds: float | None = None
+
+    def _command(self, port: int, workdir: Path) -> list[str]:
+        raise NotImplementedError
+
+    def pipeline_options(self) -> list[str]:
+        """Pipeline arguments that submit to this server."""
+        raise NotImplementedError
 
     @property
     def endpoint(self) -> str:
         """``localhost:<port>`` of the job service (only while running)."""
         if self._port is None or self._process is None:
-            raise BeamRunnerError("the Flink job server is not running")
+            raise BeamRunnerError(f"the {self._label} is not running")
         return f"localhost:{self._port}"
 
-    def pipeline_options(self) -> list[str]:
-        """Pipeline arguments that submit to this server."""
-        return [
-            "--runner=FlinkRunner",
-            f"--job_endpoint={self.endpoint}",
-            f"--flink_version={self.flink_version}",
-            "--environment_type=LOOPBACK",
-            "--parallelism=1",
-        ]
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
         """Last lines of the server's output."""
@@ -800,36 +801,19 @@ class FlinkJobServer:
             return ""
         return _tail(self.log_path.read_text("utf-8", errors="replace"), lines)
 
-    def start(self) -> FlinkJobServer:
-        """Fetch the job server if needed, start it and wait until it accepts jobs."""
+    def start(self) -> Self:
+        """Fetch what the server needs, start it and wait until it accepts jobs."""
         if self._process is not None:
             return self
-        java = _java_executable()
-        jar = ensure_flink_job_server_jar(self.flink_version)
-        self._workdir = tempfile.TemporaryDirectory(prefix="sutra-flink-job-server-")
+        self._workdir = tempfile.TemporaryDirectory(prefix="sutra-job-server-")
         workdir = Path(self._workdir.name)
         if self.log_path is None:
-            self.log_path = workdir / "job-server.log"
+            self.log_path = workdir / "server.log"
         started = time.monotonic()
         try:
-            for _attempt in range(3):  # the picked port may be taken before Java binds it
+            for _attempt in range(3):  # the picked port may be taken before the server binds it
                 port = _free_port()
-                command = [
-                    java,
-                    *self.jvm_args,
-                    "-jar",
-                    str(jar),
-                    "--flink-master",
-                    "[local]",
-                    "--job-port",
-                    str(port),
-                    "--artifact-port",
-                    "0",
-                    "--expansion-port",
-                    "0",
-                    "--artifacts-dir",
-                    str(workdir / "artifacts"),
-                ]
+                command = self._command(port, workdir)
                 with open(self.log_path, "ab") as log:
                     process = subprocess.Popen(
                         command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir
@@ -840,16 +824,16 @@ class FlinkJobServer:
                     if _accepts_connections(port):
                         self.startup_seconds = time.monotonic() - started
                         return self
-                    time.sleep(0.2)
+                    time.sleep(0.1)
                 if process.poll() is None:
                     raise BeamRunnerError(
-                        f"the Flink job server did not listen on port {port} within "
+                        f"the {self._label} did not listen on port {port} within "
                         f"{self.startup_timeout:.0f} s:\n{self.log_tail()}"
                     )
                 self._process = None
-                if "BindException" not in self.log_tail():
+                if not re.search(r"BindException|address already in use", self.log_tail(), re.IGNORECASE):
                     break
-            raise BeamRunnerError(f"the Flink job server exited during start-up:\n{self.log_tail()}")
+            raise BeamRunnerError(f"the {self._label} exited during start-up:\n{self.log_tail()}")
         except BaseException:
             self.stop()
             raise
@@ -870,11 +854,101 @@ class FlinkJobServer:
             self._workdir.cleanup()
             self._workdir = None
 
-    def __enter__(self) -> FlinkJobServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class FlinkJobServer(LocalJobServer):
+    """A Flink job server process shared by several pipelines.
+
+    Beam's FlinkRunner normally starts a job server JVM for every pipeline
+    and keeps it until the Python process exits. Running one server and
+    pointing pipelines at it with ``--job_endpoint`` (:meth:`pipeline_options`)
+    saves that start-up and memory. Each job still gets its own embedded
+    Flink mini-cluster (``--flink-master [local]``).
+
+    Use as a context manager::
+
+        with FlinkJobServer() as server:
+            PipelineOptions(base_args + server.pipeline_options())
+    """
+
+    _label = "Flink job server"
+
+    def __init__(
+        self,
+        flink_version: str = DEFAULT_FLINK_VERSION,
+        *,
+        jvm_args: Sequence[str] = FAST_STARTUP_JVM_ARGS,
+        log_path: Path | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        super().__init__(log_path=log_path, startup_timeout=startup_timeout)
+        self.flink_version = flink_version
+        self.jvm_args = tuple(jvm_args)
+
+    def _command(self, port: int, workdir: Path) -> list[str]:
+        java = _java_executable()
+        jar = ensure_flink_job_server_jar(self.flink_version)
+        return [
+            java,
+            *self.jvm_args,
+            "-jar",
+            str(jar),
+            "--flink-master",
+            "[local]",
+            "--job-port",
+            str(port),
+            "--artifact-port",
+            "0",
+            "--expansion-port",
+            "0",
+            "--artifacts-dir",
+            str(workdir / "artifacts"),
+        ]
+
+    def pipeline_options(self) -> list[str]:
+        return [
+            "--runner=FlinkRunner",
+            f"--job_endpoint={self.endpoint}",
+            f"--flink_version={self.flink_version}",
+            "--environment_type=LOOPBACK",
+            "--parallelism=1",
+        ]
+
+
+class PrismJobServer(LocalJobServer):
+    """A Prism process shared by several pipelines (``--job_endpoint``).
+
+    Unlike ``runner_options("prism")`` this neither depends on Beam's
+    process-wide Prism singleton nor leaves one Prism process per pipeline
+    running until the interpreter exits.
+    """
+
+    _label = "Prism job server"
+
+    def __init__(self, *, log_level: str = "warn", log_path: Path | None = None, startup_timeout: float = 60.0) -> None:
+        super().__init__(log_path=log_path, startup_timeout=startup_timeout)
+        self.log_level = log_level
+
+    def _command(self, port: int, workdir: Path) -> list[str]:
+        return [
+            str(ensure_prism()),
+            f"--job_port={port}",
+            f"--log_level={self.log_level}",
+            "--log_kind=text",
+            "--serve_http=false",
+        ]
+
+    def pipeline_options(self) -> list[str]:
+        return [
+            "--runner=PrismRunner",
+            f"--job_endpoint={self.endpoint}",
+            "--environment_type=LOOPBACK",
+        ]
 
 
 # --------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def import_model(
             pooling=spec.pooling,
             normalize=spec.normalize,
             architecture=spec.architecture,
-            files={"fp32": "model.onnx"},
+            files={"default": "model.onnx"},
             prompts=layout["prompts"],
             source=source_label or str(src),
             source_sha256=file_sha256(weights_file),

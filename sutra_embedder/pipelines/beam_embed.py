@@ -18,6 +18,7 @@ exactly once: as a Parquet row or as a dead letter.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -123,6 +124,7 @@ def build(pipeline: beam.Pipeline, options: EmbedderOptions) -> EmbedTextOutputs
         raise ConfigError("--input", "is required: a file or glob of txt/jsonl/csv/parquet records")
     if not opts.get("output"):
         raise ConfigError("--output", "is required: the path prefix of the Parquet output")
+    _check_input(opts["input"])
     config = options.embed_text_config()
     spec = SourceSpec(path=opts["input"], format=opts["input_format"],
                       id_field=config.id_field, text_field=config.text_field)
@@ -158,6 +160,16 @@ def build(pipeline: beam.Pipeline, options: EmbedderOptions) -> EmbedTextOutputs
         )
     )
     return outputs
+
+
+def _check_input(pattern: str) -> None:
+    """Fail at launch, naming the option, when the input matches no file."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # a filesystem the launcher cannot reach: let the workers try
+        return
+    if not matched:
+        raise ConfigError("--input", f"{pattern!r} matches no file")
 
 
 def summarize(result: PipelineResult) -> dict[str, int]:
@@ -198,9 +210,19 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        parser = argparse.ArgumentParser(
+            prog="python -m sutra_embedder.pipelines.beam_embed",
+            description=(__doc__ or "").split("\n\n")[0],
+            epilog="Any Beam pipeline option (--runner, --streaming, --num_workers...) is accepted too.",
+        )
+        EmbedderOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(argv)
+        run(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ Example:
     ...     out.dead_letters | beam.Map(print)
 """
 
+from typing import TYPE_CHECKING, Any
+
 try:
     import apache_beam  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -23,7 +25,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from .config import BATCHING_MODES, MODEL_SHARINGS, BatchingMode, EmbedTextConfig, ModelSharing
 from .elements import parse_element
 from .embed_text import EmbedText, EmbedTextOutputs, embed_pending
-from .handler import EmbeddingModelHandler
 from .metrics import NAMESPACE, EmbedMetrics
 from .model import ModelIdentity, SharedEmbedder, TracedResult, acquire_model
 from .options import EmbedderOptions
@@ -41,6 +42,20 @@ from .records import (
     vector_array,
     vectors_matrix,
 )
+
+if TYPE_CHECKING:
+    from .handler import EmbeddingModelHandler
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: Beam's RunInference module imports torch when it
+    # is installed, which would add seconds to every worker's start-up.
+    if name == "EmbeddingModelHandler":
+        from .handler import EmbeddingModelHandler
+
+        return EmbeddingModelHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BATCHING_MODES",

@@ -36,12 +36,12 @@ class EmbedTextConfig:
         prompt: A prompt name from the model's manifest (``"query"``) or a
             literal prefix for every text.
         batching: ``"bundle"`` buffers elements inside each bundle and embeds
-            them at the buffer limits or at the bundle's end (batch pipelines);
-            ``"stateful"`` groups elements with
-            ``GroupIntoBatches.WithShardedKey`` so a quiet stream still flushes
-            within ``max_buffering_secs`` (streaming pipelines); ``"auto"``
-            picks ``"stateful"`` when the pipeline runs with ``--streaming`` or
-            the input is unbounded, else ``"bundle"``.
+            them at the buffer limits or at the bundle's end; ``"stateful"``
+            groups elements with ``GroupIntoBatches.WithShardedKey`` so a quiet
+            stream still flushes within ``max_buffering_secs``; ``"auto"``
+            picks ``"stateful"`` for an unbounded input PCollection (a
+            streaming source) and ``"bundle"`` for a bounded one, also when a
+            bounded input runs in a ``--streaming`` pipeline.
         max_buffer_texts: Most texts embedded per call of the core embedder
             (which then cuts them into token-budget batches). Larger buffers
             sort more texts by length, so batches waste less padding.

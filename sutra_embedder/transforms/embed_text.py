@@ -3,10 +3,10 @@
 Two ways of gathering elements into large calls of the core embedder (which
 then sorts them by length and cuts token-budget batches):
 
-* **bundle** (batch pipelines): the DoFn buffers validated texts within a
+* **bundle** (bounded inputs): the DoFn buffers validated texts within a
   bundle and embeds them when the buffer is full or the bundle finishes. Each
   output keeps the window, timestamp and pane of its own input element.
-* **stateful** (streaming pipelines): ``GroupIntoBatches.WithShardedKey``
+* **stateful** (unbounded inputs): ``GroupIntoBatches.WithShardedKey``
   buffers texts per key shard in Beam state and emits a batch when it is full
   or ``max_buffering_secs`` after its first text, so a quiet stream is never
   held back for long and a busy one fills large batches.
@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import BoundedWindow
 from apache_beam.typehints import Tuple
 from apache_beam.utils.timestamp import Timestamp
@@ -94,6 +93,17 @@ def embed_pending(
     return out  # type: ignore[return-value]
 
 
+def _validate(
+    element: object, config: EmbedTextConfig, model_id: str, metrics: EmbedMetrics | None
+) -> PendingText | DeadLetterRow:
+    parsed = parse_element(element, config, model_id)
+    if metrics is not None:
+        metrics.inputs.inc()
+        if isinstance(parsed, DeadLetterRow):
+            metrics.failure(parsed.kind)
+    return parsed
+
+
 class _ModelDoFn(beam.DoFn):  # type: ignore[misc]
     """Holds the shared model and the metric cells."""
 
@@ -113,16 +123,12 @@ class _ModelDoFn(beam.DoFn):  # type: ignore[misc]
         self._model = None
 
     def _embed(self, items: Sequence[PendingText]) -> list[EmbeddingRow | DeadLetterRow]:
-        assert self._model is not None, "setup() loads the model"
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__} used before setup(), which loads the model")
         return embed_pending(self._model, items, self._config.prompt, self._model_id, self._metrics)
 
     def _parse(self, element: object) -> PendingText | DeadLetterRow:
-        assert self._metrics is not None, "setup() creates the metrics"
-        self._metrics.inputs.inc()
-        parsed = parse_element(element, self._config, self._model_id)
-        if isinstance(parsed, DeadLetterRow):
-            self._metrics.failure(parsed.kind)
-        return parsed
+        return _validate(element, self._config, self._model_id, self._metrics)
 
 
 class _Pending(NamedTuple):
@@ -180,11 +186,8 @@ class _ValidateDoFn(beam.DoFn):  # type: ignore[misc]
         self._metrics = EmbedMetrics()
 
     def process(self, element: Any) -> Iterator[Any]:
-        assert self._metrics is not None
-        self._metrics.inputs.inc()
-        parsed = parse_element(element, self._config, self._model_id)
+        parsed = _validate(element, self._config, self._model_id, self._metrics)
         if isinstance(parsed, DeadLetterRow):
-            self._metrics.failure(parsed.kind)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed)
         else:
             yield (_BATCH_KEY, parsed)
@@ -257,11 +260,7 @@ class EmbedText(beam.PTransform):  # type: ignore[misc]
         """The batching this transform uses on ``pcoll`` (``"bundle"`` or ``"stateful"``)."""
         if self.config.batching != "auto":
             return self.config.batching
-        options = pcoll.pipeline.options
-        streaming = bool(options is not None and options.view_as(StandardOptions).streaming)
-        if streaming or getattr(pcoll, "is_bounded", True) is False:
-            return "stateful"
-        return "bundle"
+        return "stateful" if getattr(pcoll, "is_bounded", True) is False else "bundle"
 
     def expand(self, pcoll: beam.PCollection) -> EmbedTextOutputs:
         cfg = self.config

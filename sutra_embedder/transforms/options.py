@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from sutra_embedder.core.config import (
     DEVICES,
@@ -17,7 +17,7 @@ from sutra_embedder.core.config import (
 )
 from sutra_embedder.core.errors import ConfigError
 
-from .config import MODEL_SHARINGS, EmbedTextConfig
+from .config import BATCHING_MODES, MODEL_SHARINGS, EmbedTextConfig
 
 
 class EmbedderOptions(PipelineOptions):  # type: ignore[misc]
@@ -62,8 +62,11 @@ class EmbedderOptions(PipelineOptions):  # type: ignore[misc]
         group.add_argument("--text_field", default="text", help="Field holding the text.")
         group.add_argument("--max_buffer_texts", type=int, default=EmbedTextConfig.max_buffer_texts,
                            help="Texts embedded per call of the core embedder.")
+        group.add_argument("--batching", default="auto", choices=BATCHING_MODES,
+                           help="auto: stateful buffering for unbounded (streaming) inputs, "
+                                "per-bundle buffering for bounded ones.")
         group.add_argument("--max_buffering_secs", type=float, default=EmbedTextConfig.max_buffering_secs,
-                           help="With --streaming: the longest a text waits for its batch to fill.")
+                           help="Stateful buffering: the longest a text waits for its batch to fill.")
         group.add_argument("--model_sharing", default="process", choices=MODEL_SHARINGS,
                            help="process: one model per worker process; multi_process: one per machine.")
 
@@ -90,18 +93,17 @@ class EmbedderOptions(PipelineOptions):  # type: ignore[misc]
     def embed_text_config(self) -> EmbedTextConfig:
         """The :class:`EmbedTextConfig` these options describe.
 
-        ``--streaming`` selects stateful batching (bounded by
-        ``--max_buffering_secs``); otherwise texts are buffered per bundle.
+        With ``--batching=auto`` an unbounded (streaming) input is buffered in
+        Beam state for at most ``--max_buffering_secs``; a bounded one per bundle.
         """
         opts: dict[str, Any] = self.get_all_options()
-        streaming = bool(self.view_as(StandardOptions).streaming)
         try:
             return EmbedTextConfig(
                 embedder=self.embedder_config(),
                 id_field=opts["id_field"],
                 text_field=opts["text_field"],
                 prompt=opts["prompt"],
-                batching="stateful" if streaming else "bundle",
+                batching=opts["batching"],
                 max_buffer_texts=opts["max_buffer_texts"],
                 max_buffering_secs=opts["max_buffering_secs"],
                 model_sharing=opts["model_sharing"],

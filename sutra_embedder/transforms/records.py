@@ -15,6 +15,7 @@ the field types from the class annotations at run time.
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -95,15 +96,17 @@ class PendingText(NamedTuple):
     source: str
 
 
-def _register(row_type: type[Any], schema_id: str) -> None:
+def _register(row_type: type[Any]) -> None:
     # A fixed id makes every process map the schema back to this very class.
-    row_type._beam_schema_id = schema_id  # type: ignore[attr-defined]
+    # Java runners parse schema ids as UUIDs: derive one from the type's name.
+    name = f"https://sutra-embedder/beam-schema/{row_type.__name__}/v1"
+    row_type._beam_schema_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))  # type: ignore[attr-defined]
     coders.registry.register_row(row_type)
 
 
-_register(EmbeddingRow, "sutra-embedder.EmbeddingRow.v1")
-_register(DeadLetterRow, "sutra-embedder.DeadLetterRow.v1")
-_register(PendingText, "sutra-embedder.PendingText.v1")
+_register(EmbeddingRow)
+_register(DeadLetterRow)
+_register(PendingText)
 
 
 def vector_array(row: EmbeddingRow) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Fixtures of the Beam transform tests: model settings, texts, runner arguments."""
+"""Fixtures of the Beam transform tests: model settings and texts.
+
+Runner arguments (``prism_args``, ``flink_args``) come from ``tests.fixtures.beam``.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +13,6 @@ import pytest
 
 from sutra_embedder.core import Embedder, EmbedderConfig
 from tests.fixtures.models import REPO
-
-try:  # runner fixtures (Prism, Flink) shared by the whole test suite
-    from tests.fixtures.beam import flink_args, prism_args  # noqa: F401
-except ImportError:  # pragma: no cover - until the shared fixtures exist
-
-    def _runner_args(runner: str) -> list[str]:
-        try:
-            from sutra_embedder.devservices.beam_runners import runner_options
-        except ImportError as exc:
-            pytest.skip(f"Beam runner tooling unavailable: {exc}")
-        try:
-            return list(runner_options(runner))
-        except Exception as exc:  # missing toolchain or offline: skip, as the shared fixtures do
-            pytest.skip(f"{runner} runner unavailable: {exc}")
-
-    @pytest.fixture(scope="session")
-    def prism_args() -> list[str]:
-        return _runner_args("prism")
-
-    @pytest.fixture(scope="session")
-    def flink_args() -> list[str]:
-        return _runner_args("flink")
 
 
 @pytest.fixture(scope="session")

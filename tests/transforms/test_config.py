@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from sutra_embedder.core import ConfigError, EmbedderConfig
+from sutra_embedder.core import ConfigError
 from sutra_embedder.transforms import EmbedderOptions, EmbedTextConfig
 
 
@@ -51,10 +51,12 @@ def test_options_build_the_config() -> None:
     assert cfg.embedder.truncate_dim == 128
     assert (cfg.id_field, cfg.text_field, cfg.max_buffer_texts) == ("key", "body", 64)
     assert cfg.max_buffering_secs == 0.5 and cfg.model_sharing == "multi_process"
-    assert cfg.batching == "bundle"
-    streaming = PipelineOptions(["--streaming"]).view_as(EmbedderOptions).embed_text_config()
-    assert streaming.batching == "stateful"
-    assert streaming.embedder == EmbedderConfig()
+    assert cfg.batching == "auto"
+    default = PipelineOptions([]).view_as(EmbedderOptions).embed_text_config()
+    assert default == EmbedTextConfig()
+    assert PipelineOptions(["--batching=stateful"]).view_as(EmbedderOptions).embed_text_config().batching == (
+        "stateful"
+    )
 
 
 def test_bad_option_names_the_option() -> None:

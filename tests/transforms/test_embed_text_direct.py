@@ -50,8 +50,7 @@ def test_batch_pipeline_embeds_good_elements_and_dead_letters_bad_ones(
 
     # Every input comes out exactly once: as an embedding or as a dead letter.
     assert len(emb) + len(dead) == len(elements)
-    good_ids = [g["id"] if isinstance(g, dict) else g.id if isinstance(g, beam.Row) else content_id(g)
-                for g in good]
+    good_ids = [g["id"] if isinstance(g, dict) else getattr(g, "id", None) or content_id(g) for g in good]
     assert sorted(r["id"] for r in emb) == sorted(good_ids)
     assert sorted((d["id"] or "", d["kind"]) for d in dead) == sorted([
         ("", "none"), ("", "not_a_string"), ("", "empty"), ("", "invalid_utf8"),
@@ -60,7 +59,7 @@ def test_batch_pipeline_embeds_good_elements_and_dead_letters_bad_ones(
     assert all(d["stage"] == "validate" and d["model"] == reference.model_id and d["error"] for d in dead)
 
     # Vectors, token counts and chunk counts equal the core embedder's on the same texts.
-    texts = [g["text"] if isinstance(g, dict) else g.text if isinstance(g, beam.Row) else g for g in good]
+    texts = [g["text"] if isinstance(g, dict) else getattr(g, "text", g) for g in good]
     expected = reference.embed_records(texts)
     got = vectors_by_id(emb)
     np.testing.assert_allclose(np.stack([got[i] for i in good_ids]), expected.vectors, atol=2e-5)

@@ -10,7 +10,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
 
@@ -45,10 +45,10 @@ def flush_sizes(embedder_config: EmbedderConfig, monkeypatch: pytest.MonkeyPatch
     return sizes
 
 
-def _stream(records: list[dict[str, str]]) -> TestStream:
-    r = [beam.window.TimestampedValue(rec, Timestamp(i)) for i, rec in enumerate(records)]
+def _stream(records: list[dict[str, str]]) -> test_stream.TestStream:
+    r = [window.TimestampedValue(rec, Timestamp(i)) for i, rec in enumerate(records)]
     return (
-        TestStream()
+        test_stream.TestStream()
         .advance_watermark_to(0)
         # Window [0, 10): five texts with a batch size of 4: one full batch, one left over.
         .add_elements(r[0:5])
@@ -96,10 +96,12 @@ def test_unbounded_input_picks_stateful_batching(embedder_config: EmbedderConfig
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(options=options)
     transform = EmbedText(EmbedTextConfig(embedder=embedder_config))
-    pcoll = p | TestStream().add_elements(["x"]).advance_watermark_to_infinity()
+    pcoll = p | test_stream.TestStream().add_elements(["x"]).advance_watermark_to_infinity()
     assert transform.batching_mode(pcoll) == "stateful"
-    batch = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-    assert transform.batching_mode(batch | beam.Create(["x"])) == "bundle"
+    # A bounded input keeps per-bundle buffering, also in a streaming pipeline.
+    assert transform.batching_mode(p | beam.Create(["x"])) == "bundle"
+    forced = EmbedText(EmbedTextConfig(embedder=embedder_config, batching="stateful"))
+    assert forced.batching_mode(p | "Bounded" >> beam.Create(["x"])) == "stateful"
 
 
 def test_stateful_batching_in_a_batch_pipeline(

@@ -1,0 +1,357 @@
+"""A ready Faust worker that embeds a Kafka topic into another topic.
+
+Run it::
+
+    python -m sutra_embedder.pipelines.kafka_worker --brokers 127.0.0.1:9092 \\
+        --source texts --sink kafka:vectors --dead-letter-topic texts-dlq \\
+        [--processing-guarantee at_least_once|exactly_once]
+
+or, once registered with the CLI, ``sutra worker ...`` with the same options.
+Input and output messages follow :mod:`sutra_embedder.connectors.kafka`.
+
+* ``at_least_once`` (default): every input yields its output or dead letter;
+  after a crash the uncommitted tail is embedded again (outputs are keyed by
+  id, so a compacted output topic keeps one vector per id).
+* ``exactly_once``: outputs, dead letters and input offsets are committed in
+  one Kafka transaction per input partition; consumers of the outputs must
+  read with ``isolation_level=read_committed`` to see each output once.
+
+The worker consumes in the group ``--app-id`` and resumes from its committed
+offsets (new groups start at the earliest offset). Faust's web server is off
+unless ``--web-port`` is given, and then binds to 127.0.0.1 only. A SASL
+password is read from ``$SUTRA_KAFKA_SASL_PASSWORD``, never from the command
+line, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from sutra_embedder.agents.faust_agent import AgentConfig, EmbeddingAgent, embedding_agent, require_faust
+from sutra_embedder.agents.streaming import StreamingConfig
+from sutra_embedder.connectors.kafka import (
+    OUTPUT_FORMATS,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    DecodeOptions,
+    KafkaConnection,
+    check_topic,
+)
+from sutra_embedder.core.config import PRECISIONS, EmbedderConfig
+from sutra_embedder.core.embedder import Embedder
+from sutra_embedder.core.errors import ConfigError, SutraError
+from sutra_embedder.core.quantization import CalibrationRanges
+
+log = logging.getLogger(__name__)
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+PROCESSING_GUARANTEES: tuple[str, ...] = get_args(ProcessingGuarantee)
+SINK_SCHEMES = ("kafka",)
+PASSWORD_ENV = "SUTRA_KAFKA_SASL_PASSWORD"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# With exactly-once the agent commits its transactions itself; Faust's timer
+# would otherwise commit concurrently with the agent's writes.
+_EOS_TIMER_COMMIT_S = 24 * 3600.0
+
+
+def parse_sink(sink: str) -> str:
+    """The output topic of a ``kafka:<topic>`` sink.
+
+    Raises:
+        ConfigError: Another scheme, or not a topic name.
+    """
+    scheme, sep, target = sink.partition(":")
+    if not sep or scheme not in SINK_SCHEMES:
+        raise ConfigError("sink", f"got {sink!r}; expected one of: " + ", ".join(f"{s}:TOPIC" for s in SINK_SCHEMES))
+    check_topic("sink", target)
+    return target
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything the worker needs.
+
+    Attributes:
+        connection: The Kafka cluster.
+        source_topic: Topic of texts.
+        sink: ``kafka:<topic>`` for the embeddings.
+        processing_guarantee: ``at_least_once`` or ``exactly_once``.
+        app_id: Faust app id, also the consumer group and the prefix of
+            transactional ids: workers sharing it share the work.
+        embedder: Embedder settings.
+        agent: Agent settings (dead-letter topic, output format, batching, commits).
+        calibration: Ranges file for int8/uint8 output precision.
+        session_timeout_s: Consumer group session timeout: how soon a crashed
+            worker's partitions move to the others.
+        stats_interval_s: Log throughput and latency this often (0: never).
+        web_port: Serve Faust's web endpoints on 127.0.0.1 at this port (None: off).
+        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+    """
+
+    connection: KafkaConnection
+    source_topic: str
+    sink: str
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    app_id: str = "sutra-embedder"
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    calibration: str | None = None
+    session_timeout_s: float = 10.0
+    stats_interval_s: float = 30.0
+    web_port: int | None = None
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.connection, KafkaConnection):
+            raise ConfigError("connection", "must be a KafkaConnection")
+        check_topic("source_topic", self.source_topic)
+        output = parse_sink(self.sink)
+        if output == self.source_topic:
+            raise ConfigError("sink", "must differ from the source topic")
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ConfigError(
+                "processing_guarantee",
+                f"got {self.processing_guarantee!r}; choose one of {', '.join(PROCESSING_GUARANTEES)}",
+            )
+        if not isinstance(self.app_id, str) or not self.app_id.strip() or " " in self.app_id:
+            raise ConfigError("app_id", f"must be a non-empty id without spaces, got {self.app_id!r}")
+        if isinstance(self.session_timeout_s, bool) or not isinstance(self.session_timeout_s, (int, float)) \
+                or not 1.0 <= self.session_timeout_s <= 300.0:
+            raise ConfigError("session_timeout_s", f"must be between 1 and 300 seconds, got {self.session_timeout_s!r}")
+        if isinstance(self.stats_interval_s, bool) or not isinstance(self.stats_interval_s, (int, float)) \
+                or self.stats_interval_s < 0:
+            raise ConfigError("stats_interval_s", f"must be >= 0, got {self.stats_interval_s!r}")
+        if self.web_port is not None and (
+            isinstance(self.web_port, bool) or not isinstance(self.web_port, int) or not 0 < self.web_port < 65536
+        ):
+            raise ConfigError("web_port", f"must be a port number or None, got {self.web_port!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError("log_level", f"got {self.log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def output_topic(self) -> str:
+        return parse_sink(self.sink)
+
+
+def _credentials(conn: KafkaConnection) -> Any:
+    faust = require_faust()
+    context = None
+    if conn.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=conn.ssl_cafile)
+    if conn.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=conn.sasl_username, password=conn.sasl_password,
+            mechanism=conn.sasl_mechanism, ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[Any, EmbeddingAgent]:
+    """Create the Faust app and register the embedding agent on it.
+
+    Args:
+        config: Worker settings.
+        embedder: A loaded embedder to use instead of loading ``config.embedder``.
+
+    Returns:
+        ``(app, agent state)``; run the app with :func:`run_worker` or ``app.main()``.
+    """
+    faust = require_faust()
+    conn = config.connection
+    eos = config.processing_guarantee == "exactly_once"
+    session = float(config.session_timeout_s)
+    max_fetch = max(1024 * 1024, config.agent.decode.max_value_bytes + 64 * 1024)
+    settings: dict[str, Any] = {
+        "broker": [f"kafka://{s.strip()}" for s in conn.bootstrap_servers.split(",")],
+        "broker_client_id": conn.client_id,
+        "processing_guarantee": config.processing_guarantee,
+        "store": "memory://",
+        "web_enabled": config.web_port is not None,
+        "web_bind": "127.0.0.1",
+        "web_host": "127.0.0.1",
+        "web_port": config.web_port or 6066,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": _EOS_TIMER_COMMIT_S if eos else config.agent.commit_interval_s,
+        "broker_commit_every": 10**9 if eos else 10_000,
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": max(0.3, session / 4.0),
+        "broker_rebalance_timeout": max(30.0, session * 2),
+        "broker_request_timeout": max(90.0, session * 2),
+        "consumer_max_fetch_size": max_fetch,
+        "producer_acks": -1,
+        "producer_linger_ms": 2,
+        "producer_max_request_size": max(1024 * 1024, max_fetch),
+        "stream_wait_empty": False,
+        "topic_disable_leader": True,
+        "topic_partitions": 1,
+        "worker_redirect_stdouts": False,
+    }
+    credentials = _credentials(conn)
+    if credentials is not None:
+        settings["broker_credentials"] = credentials
+    app = faust.App(config.app_id, **settings)
+    emb = embedder or Embedder(config.embedder)
+    calibration = None
+    if config.calibration:
+        calibration = CalibrationRanges.load(config.calibration)
+    elif config.agent.precision in ("int8", "uint8") and emb.manifest.calibration:
+        calibration = CalibrationRanges.from_dict(emb.manifest.calibration)
+    handle = embedding_agent(app, config.source_topic, config.sink, config.agent,
+                             embedder=emb, calibration=calibration)
+    if config.stats_interval_s > 0:
+
+        @app.timer(config.stats_interval_s)
+        async def sutra_stats() -> None:
+            log.info("sutra worker stats %s", json.dumps(handle.stats()))
+
+    return app, handle
+
+
+def run_worker(config: WorkerConfig, embedder: Embedder | None = None) -> int:
+    """Run the worker in the foreground until SIGTERM or SIGINT (then stop cleanly).
+
+    Returns:
+        The process exit status.
+    """
+    faust = require_faust()
+    app, handle = build_app(config, embedder)
+    log.info(
+        "sutra worker: %s -> %s (dead letters: %s), %s, model %s, %r",
+        config.source_topic, config.output_topic, config.agent.dead_letter_topic,
+        config.processing_guarantee, handle.embedder.model_id, config.connection,
+    )
+    worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+# ---------------------------------------------------------------- command line
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """The worker's options (the embedder's options come from the main CLI)."""
+    from sutra_embedder.cli import add_embedder_args
+
+    k = parser.add_argument_group("kafka")
+    k.add_argument("--brokers", required=True, help="bootstrap servers, host:port[,host:port]")
+    k.add_argument("--source", required=True, help="topic of texts")
+    k.add_argument("--sink", required=True, help="kafka:TOPIC for the embeddings")
+    k.add_argument("--dead-letter-topic", default=None, help="topic for dead letters (default: log only)")
+    k.add_argument("--processing-guarantee", default="at_least_once", choices=PROCESSING_GUARANTEES)
+    k.add_argument("--app-id", default="sutra-embedder", help="Faust app id and consumer group")
+    k.add_argument("--security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS)
+    k.add_argument("--sasl-mechanism", default=None, choices=SASL_MECHANISMS)
+    k.add_argument("--sasl-username", default=None, help=f"password from ${PASSWORD_ENV}")
+    k.add_argument("--ssl-cafile", default=None)
+    k.add_argument("--session-timeout", type=float, default=10.0, help="consumer session timeout, seconds")
+    o = parser.add_argument_group("output")
+    o.add_argument("--output-format", default="json", choices=OUTPUT_FORMATS)
+    o.add_argument("--precision", default="float32", choices=PRECISIONS)
+    o.add_argument("--calibration", default=None, help="int8/uint8 ranges file")
+    o.add_argument("--value-format", default="auto", choices=("auto", "json", "text"),
+                   help="how input values are read")
+    o.add_argument("--max-value-bytes", type=int, default=DecodeOptions.max_value_bytes,
+                   help="larger input values become dead letters")
+    s = parser.add_argument_group("streaming")
+    s.add_argument("--stream-batch-size", type=int, default=StreamingConfig.max_batch_size)
+    s.add_argument("--stream-batch-tokens", type=int, default=StreamingConfig.max_batch_tokens)
+    s.add_argument("--max-wait-ms", type=float, default=StreamingConfig.max_wait_ms)
+    s.add_argument("--queue-size", type=int, default=StreamingConfig.queue_size)
+    s.add_argument("--commit-interval", type=float, default=AgentConfig.commit_interval_s,
+                   help="seconds between offset commits (transactions with exactly_once)")
+    s.add_argument("--stats-interval", type=float, default=30.0, help="log stats every N seconds (0: never)")
+    s.add_argument("--web-port", type=int, default=None, help="serve Faust's web UI on 127.0.0.1:PORT")
+    s.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    add_embedder_args(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """Build a :class:`WorkerConfig` from parsed command line options."""
+    from sutra_embedder.cli import embedder_config
+
+    connection = KafkaConnection(
+        bootstrap_servers=args.brokers,
+        security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password=os.environ.get(PASSWORD_ENV) or None,
+        ssl_cafile=args.ssl_cafile,
+    )
+    agent = AgentConfig(
+        dead_letter_topic=args.dead_letter_topic,
+        output_format=args.output_format,
+        precision=args.precision,
+        decode=DecodeOptions(value_format=args.value_format, max_value_bytes=args.max_value_bytes),
+        streaming=StreamingConfig(
+            max_batch_size=args.stream_batch_size,
+            max_batch_tokens=args.stream_batch_tokens,
+            max_wait_ms=args.max_wait_ms,
+            queue_size=args.queue_size,
+        ),
+        commit_interval_s=args.commit_interval,
+    )
+    return WorkerConfig(
+        connection=connection,
+        source_topic=args.source,
+        sink=args.sink,
+        processing_guarantee=args.processing_guarantee,
+        app_id=args.app_id,
+        embedder=embedder_config(args),
+        agent=agent,
+        calibration=args.calibration,
+        session_timeout_s=args.session_timeout,
+        stats_interval_s=args.stats_interval,
+        web_port=args.web_port,
+        log_level=args.log_level,
+    )
+
+
+def _cli_worker(args: argparse.Namespace) -> int:
+    return run_worker(config_from_args(args))
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add the ``worker`` subcommand to the ``sutra`` command line."""
+    parser = subparsers.add_parser(
+        "worker",
+        help="embed a Kafka topic continuously (Faust agent)",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    add_worker_args(parser)
+    parser.set_defaults(func=_cli_worker)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m sutra_embedder.pipelines.kafka_worker``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sutra_embedder.pipelines.kafka_worker",
+        description="Embed a Kafka topic continuously with a Faust agent.",
+    )
+    add_worker_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except SutraError as exc:
+        parser.error(str(exc))
+    try:
+        return run_worker(config)
+    except SutraError as exc:
+        print(f"sutra worker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
