@@ -51,6 +51,7 @@ from .sinks import (
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("hnsw", "ivf_pq", "none")
+PQ_MIN_ROWS = 256  # below this LanceDB builds an IVF_PQ index that holds no rows
 
 
 def _lancedb() -> Any:
@@ -102,6 +103,12 @@ class LanceSinkConfig(SinkConfig):
         _check_int("batch_size", self.batch_size, 1)
         _check_choice("index", self.index, INDEX_KINDS)
         _check_int("index_min_rows", self.index_min_rows, 1)
+        if self.index == "ivf_pq" and self.index_min_rows < PQ_MIN_ROWS:
+            raise ConfigError(
+                "index_min_rows",
+                f"IVF_PQ trains {PQ_MIN_ROWS} centroids per sub-vector and needs >= {PQ_MIN_ROWS} rows; "
+                f"got {self.index_min_rows} (use index=hnsw for small tables)",
+            )
 
     @classmethod
     def from_uri(cls, uri: str, dim: int, model: str, **overrides: object) -> LanceSinkConfig:
@@ -245,6 +252,8 @@ class LanceSink(BufferedSink):
         """
         kind = kind or self.config.index
         rows = self.table.count_rows()
+        if kind == "ivf_pq" and rows < PQ_MIN_ROWS:
+            raise ConfigError("index", f"IVF_PQ needs >= {PQ_MIN_ROWS} rows, the table has {rows}; use hnsw")
         log.info("building %s index on %s (%d rows)", kind, self.config.location, rows)
         self.table.create_index("vector", config=index_config(kind, rows, self.config.dim), replace=True)
 

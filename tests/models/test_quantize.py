@@ -1,0 +1,79 @@
+"""`sutra quantize`: a real INT8 model passes the gate; a broken one is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from sutra_embedder.cli import main
+from sutra_embedder.core import CalibrationRanges, Embedder, EmbedderConfig, load_manifest
+from sutra_embedder.models import quantize as qmod
+from tests.fixtures.models import REPO, read_jsonl
+
+
+@pytest.fixture()
+def small_eval(tmp_path: Path) -> tuple[Path, Path]:
+    queries = read_jsonl(REPO / "examples/eval/stdlib_queries.jsonl")[:30]
+    docs = read_jsonl(REPO / "examples/eval/stdlib_corpus.jsonl")
+    wanted = {r for q in queries for r in q["relevant"]}
+    docs = [d for d in docs if d["id"] in wanted] + [d for d in docs if d["id"] not in wanted][:90]
+    c, q = tmp_path / "c.jsonl", tmp_path / "q.jsonl"
+    c.write_text("\n".join(json.dumps(d) for d in docs), encoding="utf-8")
+    q.write_text("\n".join(json.dumps(x) for x in queries), encoding="utf-8")
+    return c, q
+
+
+def _args(minilm_dir: Path, small_eval: tuple[Path, Path], name: str, *extra: str) -> list[str]:
+    return ["quantize", "--model", str(minilm_dir), "--to", "int8", "--name", name,
+            "--eval-corpus", str(small_eval[0]), "--eval-queries", str(small_eval[1]), *extra]
+
+
+def test_int8_passes_gate_and_is_registered(minilm_dir: Path, small_eval: tuple[Path, Path],
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTRA_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(_args(minilm_dir, small_eval, "mini-int8", "--calibrate", "--min-ndcg-ratio", "0.97")) == 0
+    path = tmp_path / "cache" / "models" / "mini-int8"
+    report = json.loads((path / "quality_report.json").read_text())
+    assert report["ndcg_ratio"] >= 0.97
+    assert report["candidate"]["size_mb"] < report["reference"]["size_mb"] / 2
+    assert (path / "quality_report.md").exists()
+    graph = onnx.load(str(path / "model.onnx"))
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.graph.node)
+    manifest = load_manifest(path)
+    assert manifest.extra["precision"] == "int8" and manifest.calibration is not None
+    # Independent check of the gate's input: vectors stay close to the float model's.
+    texts = ["INT8 weights with per-channel scales.", "A second sentence about Kafka streams."]
+    ref = Embedder(EmbedderConfig(model=str(minilm_dir))).embed(texts)
+    got = Embedder(EmbedderConfig(model="mini-int8")).embed(texts)
+    assert ((ref * got).sum(1) > 0.97).all()
+    ranges = CalibrationRanges.from_dict(manifest.calibration)
+    assert ranges.dim == 384 and (ranges.hi > ranges.lo).all()
+
+
+def test_gate_refuses_a_broken_model(minilm_dir: Path, small_eval: tuple[Path, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fault injection: the quantizer's output has its attention weights scrambled."""
+    monkeypatch.setenv("SUTRA_CACHE_DIR", str(tmp_path / "cache"))
+    real = qmod.quantize_int8_graph
+
+    def broken(src: Path, dest: Path, per_channel: bool, keep_float: tuple[str, ...]) -> None:
+        real(src, dest, per_channel, keep_float)
+        model = onnx.load(str(dest))
+        rng = np.random.default_rng(0)
+        for init in model.graph.initializer:
+            if "qkv.weight" in init.name:
+                arr = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(rng.permutation(arr.reshape(-1)).reshape(arr.shape),
+                                                      init.name))
+        onnx.save_model(model, str(dest))
+
+    monkeypatch.setattr(qmod, "quantize_int8_graph", broken)
+    assert main(_args(minilm_dir, small_eval, "broken")) == 3
+    err = capsys.readouterr().err
+    assert "refusing to register 'broken'" in err and "below --min-ndcg-ratio 0.99" in err
+    assert not (tmp_path / "cache" / "models" / "broken").exists()
