@@ -51,17 +51,21 @@ class BatchingConfig:
             Turn off only to measure what sorting buys.
         batch_overhead_tokens: The fixed cost of one model call, in tokens; the
             planner trades padding against extra calls with it.
+        pipeline_block: Texts per block of a large call; the next block is
+            tokenized while the model runs the current one.
     """
 
     max_batch_tokens: int = 8192
     max_batch_size: int = 256
     sort_by_length: bool = True
     batch_overhead_tokens: int = 64
+    pipeline_block: int = 4096
 
     def __post_init__(self) -> None:
         _int_at_least("batching.max_batch_tokens", self.max_batch_tokens, 1)
         _int_at_least("batching.max_batch_size", self.max_batch_size, 1)
         _int_at_least("batching.batch_overhead_tokens", self.batch_overhead_tokens, 0)
+        _int_at_least("batching.pipeline_block", self.pipeline_block, 1)
 
 
 @dataclass(frozen=True)

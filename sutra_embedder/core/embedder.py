@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,17 @@ class EmbedStats:
             "tokenize_s": round(self.tokenize_s, 4),
             "inference_s": round(self.inference_s, 4),
         }
+
+
+@dataclass
+class _Prepared:
+    """Model inputs of one block of texts, before the model runs."""
+
+    failures: list[Failure] = field(default_factory=list)
+    run_items: list[np.ndarray] = field(default_factory=list)
+    # (input position, window spans, tokens incl. special, truncated), in input order
+    owners: list[tuple[int, list[tuple[int, int]], int, bool]] = field(default_factory=list)
+    tokenize_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,17 @@ class Embedder:
                 feeds[name] = np.zeros_like(ids)
             else:
                 raise ConfigError("model", f"the ONNX graph has an unexpected input {name!r}")
-        out = self.session.run([self._output_name], feeds)[0]
+        if self.session_info.on_gpu:
+            # IOBinding: inputs are copied to the device once, and only the pooled
+            # (batch, dim) output comes back.
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            binding.bind_output(self._output_name)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self._output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
     def _run_items(
@@ -247,34 +269,49 @@ class Embedder:
         """Embed a list of possibly bad inputs; failures come back, never raise.
 
         Every input ends either in ``result.ok`` (with its vector) or in
-        ``result.failures`` (with its kind and message).
+        ``result.failures`` (with its kind and message). Large calls are cut
+        into blocks of ``batching.pipeline_block`` texts, and the next block is
+        tokenized in a background thread while the model runs the current one
+        (both release the GIL), so tokenization does not starve a fast device.
         """
+        block = self.config.batching.pipeline_block
+        prefix = self._prompt_prefix(prompt)
+        if len(items) <= block:
+            return self._execute(self._prepare(items, 0, prefix))
+        parts: list[EmbedResult] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sutra-tokenize") as pool:
+            pending = pool.submit(self._prepare, items[0:block], 0, prefix)
+            for start in range(0, len(items), block):
+                prepared = pending.result()
+                nxt = start + block
+                if nxt < len(items):
+                    pending = pool.submit(self._prepare, items[nxt : nxt + block], nxt, prefix)
+                parts.append(self._execute(prepared))
+        return EmbedResult.concat(parts, self.dim)
+
+    def _prepare(self, items: Sequence[object], offset: int, prefix: str) -> _Prepared:
+        """Validate, tokenize and cut texts into model inputs (no model call)."""
         cfg = self.config
-        failures: list[Failure] = []
+        prep = _Prepared()
         texts: list[str] = []
         positions: list[int] = []
-        prefix = self._prompt_prefix(prompt)
-        for i, item in enumerate(items):
+        for i, item in enumerate(items, start=offset):
             try:
                 text = validate_text(item, cfg.max_text_chars)
             except InputError as exc:
-                failures.append(Failure(i, exc.kind, str(exc)))
+                prep.failures.append(Failure(i, exc.kind, str(exc)))
                 continue
             texts.append(prefix + text if prefix else text)
             positions.append(i)
 
         t0 = time.perf_counter()
         contents = self.tokenizer.encode_content(texts) if texts else []
-        tokenize_s = time.perf_counter() - t0
+        prep.tokenize_s = time.perf_counter() - t0
 
         max_content = self.max_content_tokens
         ccfg = cfg.chunking
         frame = self.tokenizer.frame
-        run_items: list[np.ndarray] = []
-        owners: list[tuple[int, list[tuple[int, int]]]] = []  # (text slot, spans)
-        kept: list[int] = []
-        n_tokens: list[int] = []
-        truncated: list[bool] = []
+        n_special = self.tokenizer.n_special
         for slot, content in enumerate(contents):
             n = len(content)
             spans: list[tuple[int, int]]
@@ -284,28 +321,30 @@ class Embedder:
             elif ccfg.policy == "truncate":
                 spans, cut = [(0, max_content)], True
             elif ccfg.policy == "reject":
-                failures.append(Failure(positions[slot], "too_long",
-                                        f"text has {n} tokens, over the model's {max_content} "
-                                        "(chunking.policy='reject')"))
+                prep.failures.append(Failure(positions[slot], "too_long",
+                                             f"text has {n} tokens, over the model's {max_content} "
+                                             "(chunking.policy='reject')"))
                 continue
             else:
                 windows = count_windows(n, max_content, ccfg.overlap)
                 if windows > ccfg.max_chunks:
-                    failures.append(Failure(
+                    prep.failures.append(Failure(
                         positions[slot], "too_long",
                         f"text has {n} tokens and needs {windows} windows, over "
                         f"chunking.max_chunks={ccfg.max_chunks}"))
                     continue
                 spans = window_spans(n, max_content, ccfg.overlap)
-            owners.append((slot, spans))
-            kept.append(slot)
-            n_tokens.append(n + self.tokenizer.n_special)
-            truncated.append(cut)
+            prep.owners.append((positions[slot], spans, n + n_special, cut))
             for s, e in spans:
-                run_items.append(frame(content[s:e]))
+                prep.run_items.append(frame(content[s:e]))
+        return prep
 
+    def _execute(self, prep: _Prepared) -> EmbedResult:
+        """Run the model on prepared inputs and aggregate windows into one vector per text."""
+        ccfg = self.config.chunking
+        failures = list(prep.failures)
         failed_rows: dict[int, str] = {}
-        item_vecs = self._run_items(run_items, failed_rows) if run_items else np.zeros(
+        item_vecs = self._run_items(prep.run_items, failed_rows) if prep.run_items else np.zeros(
             (0, self.manifest.dim), np.float32)
 
         vectors: list[np.ndarray] = []
@@ -316,42 +355,39 @@ class Embedder:
         chunk_infos: list[ChunkInfo] = []
         row = 0
         normalize = self.manifest.normalize
-        for (slot, spans), ntok, cut in zip(owners, n_tokens, truncated, strict=True):
+        n_special = self.tokenizer.n_special
+        for position, spans, ntok, cut in prep.owners:
             rows = range(row, row + len(spans))
             row += len(spans)
             bad = [failed_rows[r] for r in rows if r in failed_rows]
             if bad:
-                failures.append(Failure(positions[slot], "inference_error", bad[0]))
+                failures.append(Failure(position, "inference_error", bad[0]))
                 continue
             win = item_vecs[rows.start : rows.stop]
-            n_content = ntok - self.tokenizer.n_special
-            vec = aggregate(win, spans, n_content, ccfg.aggregation, normalize)
-            vectors.append(vec)
-            ok.append(positions[slot])
+            vectors.append(aggregate(win, spans, ntok - n_special, ccfg.aggregation, normalize))
+            ok.append(position)
             ok_tokens.append(ntok)
             ok_chunks.append(len(spans))
             ok_trunc.append(cut)
             if ccfg.return_chunks:
                 chunk_infos.append(ChunkInfo(spans, self._truncate(win.copy())))
 
-        order = np.argsort(np.asarray(ok, dtype=np.int64), kind="stable")
         mat = np.stack(vectors) if vectors else np.zeros((0, self.manifest.dim), np.float32)
-        mat = self._truncate(mat[order])
         failures.sort(key=lambda f: f.index)
         with self._lock:
             self.stats.texts += len(ok)
-            self.stats.chunks += len(run_items)
-            self.stats.tokenize_s += tokenize_s
+            self.stats.chunks += len(prep.run_items)
+            self.stats.tokenize_s += prep.tokenize_s
             for f in failures:
                 self.stats.failures[f.kind] = self.stats.failures.get(f.kind, 0) + 1
         return EmbedResult(
-            vectors=mat,
-            ok=np.asarray(ok, dtype=np.int64)[order],
-            n_tokens=np.asarray(ok_tokens, dtype=np.int64)[order],
-            n_chunks=np.asarray(ok_chunks, dtype=np.int64)[order],
-            truncated=np.asarray(ok_trunc, dtype=bool)[order],
+            vectors=self._truncate(mat),
+            ok=np.asarray(ok, dtype=np.int64),
+            n_tokens=np.asarray(ok_tokens, dtype=np.int64),
+            n_chunks=np.asarray(ok_chunks, dtype=np.int64),
+            truncated=np.asarray(ok_trunc, dtype=bool),
             failures=failures,
-            chunks=[chunk_infos[i] for i in order] if ccfg.return_chunks else None,
+            chunks=chunk_infos if ccfg.return_chunks else None,
         )
 
     def _prompt_prefix(self, prompt: str | None) -> str:

@@ -103,6 +103,20 @@ class EmbedResult:
     def n_inputs(self) -> int:
         return len(self.ok) + len(self.failures)
 
+    @classmethod
+    def concat(cls, parts: list[EmbedResult], dim: int) -> EmbedResult:
+        """Join the results of consecutive blocks of one call."""
+        with_chunks = [c for p in parts if p.chunks is not None for c in p.chunks]
+        return cls(
+            vectors=np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, dim), np.float32),
+            ok=np.concatenate([p.ok for p in parts]),
+            n_tokens=np.concatenate([p.n_tokens for p in parts]),
+            n_chunks=np.concatenate([p.n_chunks for p in parts]),
+            truncated=np.concatenate([p.truncated for p in parts]),
+            failures=[f for p in parts for f in p.failures],
+            chunks=with_chunks if any(p.chunks is not None for p in parts) else None,
+        )
+
     def failure_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for f in self.failures:

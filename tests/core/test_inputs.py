@@ -74,3 +74,17 @@ def test_failing_batch_is_split_to_find_the_bad_row(make_embedder: Callable[...,
     assert [(f.index, f.kind) for f in result.failures] == [(9, "inference_error")]
     assert "device error" in result.failures[0].message
     assert len(result.ok) == 14
+
+
+def test_blocks_give_the_same_result_as_one_call(make_embedder: Callable[..., Embedder]) -> None:
+    """Large calls are cut into blocks tokenized ahead in a thread: same vectors, same failures."""
+    items: list[object] = []
+    for i in range(23):
+        items.append(f"text {i} " * (i % 9 + 1) if i % 5 else None)
+    items.append("long " * 600)
+    whole = make_embedder().embed_records(items)
+    blocked = make_embedder(**{"batching.pipeline_block": 4}).embed_records(items)
+    assert blocked.ok.tolist() == whole.ok.tolist()
+    assert [(f.index, f.kind) for f in blocked.failures] == [(f.index, f.kind) for f in whole.failures]
+    assert blocked.n_chunks.tolist() == whole.n_chunks.tolist()
+    np.testing.assert_allclose(blocked.vectors, whole.vectors, atol=2e-5)

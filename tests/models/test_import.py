@@ -60,7 +60,7 @@ def test_import_writes_manifest_and_is_cached(minilm_source: Path, tmp_path: Pat
 def test_import_refuses_what_it_cannot_convert(tmp_path: Path, minilm_source: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUTRA_CACHE_DIR", str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"config\.json"):
         import_into_cache(tmp_path, "empty")
     src = tmp_path / "other"
     shutil.copytree(minilm_source, src)
