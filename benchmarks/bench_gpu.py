@@ -1,0 +1,229 @@
+"""GPU benchmarks: end-to-end texts/s vs sentence-transformers fp16, and long sequences.
+
+(a) all-MiniLM-L6-v2, raw text in, normalised vectors out, on a mixed-length corpus,
+    Embedder (fused fp16 graph, IOBinding, tokenization overlapped with inference)
+    vs sentence-transformers fp16 on the same GPU and texts, in one run.
+(c) 4096-token inputs on a BERT-base-size encoder with random weights (speed does
+    not depend on the weights): fused fp16 vs unfused fp32, time and peak GPU memory.
+
+    python benchmarks/bench_gpu.py --source MINILM_ST_DIR [--texts 100000] [--part a|c|all]
+
+Writes benchmarks/results/gpu_<device>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, load_texts, machine  # noqa: E402
+from sutra_embedder.core import BatchingConfig, ChunkingConfig, Embedder, EmbedderConfig, RuntimeConfig  # noqa: E402
+from sutra_embedder.core.manifest import load_manifest, write_manifest  # noqa: E402
+
+
+def gpu_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown GPU"
+
+
+def prepare_model(source: Path, work: Path) -> Path:
+    from dataclasses import replace
+
+    from sutra_embedder.models.importer import import_model
+    from sutra_embedder.models.quantize import convert_fp16_graph
+
+    path = import_model(source, work / "minilm", "minilm")
+    convert_fp16_graph(path / "model.onnx", path / "model.fp16.onnx")
+    m = load_manifest(path)
+    write_manifest(path, replace(m, files={"default": "model.onnx", "fp16": "model.fp16.onnx"}))
+    return path
+
+
+def corpus(n: int) -> list[str]:
+    """Mixed-length texts, cut to ~80 tokens on average (max 256), repeated to n."""
+    base = []
+    for t in load_texts():
+        words = t.split()
+        base.append(" ".join(words[: max(8, int(len(words) * 0.6))]))
+    return [base[i % len(base)] for i in range(n)]
+
+
+def part_a(source: Path, n: int) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = prepare_model(source, Path(tmp))
+        texts = corpus(n)
+        emb = Embedder(EmbedderConfig(
+            model=str(model_dir),
+            chunking=ChunkingConfig(policy="truncate"),
+            batching=BatchingConfig(max_batch_tokens=65536, max_batch_size=1024, pipeline_block=16384),
+            runtime=RuntimeConfig(device="cuda", fp16=True),
+        ))
+        info = emb.describe()
+        emb.embed(texts[:20000])
+        t0 = time.perf_counter()
+        ours = emb.embed(texts)
+        t_ours = time.perf_counter() - t0
+        lens = [min(len(x), 254) + 2 for x in emb.tokenizer.encode_content(texts[:5000])]
+
+        st = SentenceTransformer(str(source), device="cuda")
+        st.half()
+        st.encode(texts[:5000], batch_size=256)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ref = st.encode(texts, batch_size=256, convert_to_numpy=True)
+        torch.cuda.synchronize()
+        t_st = time.perf_counter() - t0
+        ref32 = SentenceTransformer(str(source), device="cuda").encode(texts[:2000], batch_size=256)
+    cos16 = (ours * ref).sum(1) / np.linalg.norm(ref, axis=1)
+    cos32 = (ours[:2000] * ref32).sum(1) / np.linalg.norm(ref32, axis=1)
+    return {
+        "texts": n, "mean_tokens": float(np.mean(lens)), "max_tokens": int(np.max(lens)),
+        "sutra_texts_per_s": round(n / t_ours, 1), "st_fp16_texts_per_s": round(n / t_st, 1),
+        "ratio": round(t_st / t_ours, 2), "session": info,
+        "stats": emb.stats.as_dict(),
+        "cosine_vs_st_fp16": {"min": float(cos16.min()), "mean": float(cos16.mean())},
+        "cosine_vs_st_fp32": {"min": float(cos32.min()), "mean": float(cos32.mean())},
+    }
+
+
+def _random_bert(max_positions: int) -> tuple[Any, dict[str, np.ndarray]]:
+    from sutra_embedder.models.onnx_builder import EncoderSpec
+
+    rng = np.random.default_rng(0)
+    h, inter, layers = 768, 3072, 12
+    spec = EncoderSpec("bert", h, 12, layers, inter, 1e-12, max_positions, 0)
+    w: dict[str, np.ndarray] = {}
+
+    def rnd(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    w["embeddings.word_embeddings.weight"] = rnd(30522, h)
+    w["embeddings.position_embeddings.weight"] = rnd(max_positions, h)
+    w["embeddings.token_type_embeddings.weight"] = rnd(2, h)
+    w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"] = np.ones(h, np.float32), np.zeros(h, np.float32)
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            w[p + f"attention.self.{name}.weight"], w[p + f"attention.self.{name}.bias"] = rnd(h, h), rnd(h)
+        w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"] = rnd(h, h), rnd(h)
+        w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"] = rnd(inter, h), rnd(inter)
+        w[p + "output.dense.weight"], w[p + "output.dense.bias"] = rnd(h, inter), rnd(h)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[p + ln + ".weight"], w[p + ln + ".bias"] = np.ones(h, np.float32), np.zeros(h, np.float32)
+    return spec, w
+
+
+def _long_run(variant: str, seq: int, batch: int, out: str) -> None:
+    """One variant in its own process so its peak GPU memory is its own."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from sutra_embedder.models.onnx_builder import build_encoder
+    from sutra_embedder.models.quantize import convert_fp16_graph
+
+    spec, weights = _random_bert(seq)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        onnx.save_model(build_encoder(spec, weights, fused=variant == "fused_fp16"), str(path),
+                        save_as_external_data=True)
+        if variant == "fused_fp16":
+            convert_fp16_graph(path, Path(tmp) / "m16.onnx")
+            path = Path(tmp) / "m16.onnx"
+        sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+        ids = np.random.default_rng(1).integers(1000, 30000, (batch, seq)).astype(np.int64)
+        mask = np.ones_like(ids)
+        base = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+        peak = [0]
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                free, total = torch.cuda.mem_get_info()
+                peak[0] = max(peak[0], total - free - base)
+                time.sleep(0.002)
+
+        th = threading.Thread(target=poll, daemon=True)
+        th.start()
+        sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        reps = 3
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        elapsed = (time.perf_counter() - t0) / reps
+        stop.set()
+        th.join()
+    Path(out).write_text(json.dumps({"variant": variant, "seq": seq, "batch": batch,
+                                     "seconds_per_batch": elapsed, "seq_per_s": batch / elapsed,
+                                     "peak_gpu_mb": peak[0] / 2**20}))
+
+
+def part_c(seq: int, batch: int) -> dict[str, Any]:
+    results = {}
+    for variant in ("fused_fp16", "unfused_fp32"):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+            out = fh.name
+        env = dict(os.environ, ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO="1")
+        proc = subprocess.run([sys.executable, __file__, "--long-run", variant, "--seq", str(seq),
+                               "--batch", str(batch), "--out", out], capture_output=True, text=True, env=env,
+                              check=False)
+        if proc.returncode != 0:
+            results[variant] = {"error": proc.stderr[-3000:]}
+            continue
+        results[variant] = json.loads(Path(out).read_text())
+        kernel_lines = sorted({ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+                               if "Attention" in ln and ("Flash" in ln or "Efficient" in ln or "Kernel" in ln)})
+        results[variant]["attention_kernel_info"] = kernel_lines[:5]
+    f, u = results.get("fused_fp16", {}), results.get("unfused_fp32", {})
+    if "seq_per_s" in f and "seq_per_s" in u:
+        results["speedup"] = round(f["seq_per_s"] / u["seq_per_s"], 2)
+        results["memory_ratio"] = round(u["peak_gpu_mb"] / max(f["peak_gpu_mb"], 1e-6), 2)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--source", type=Path)
+    ap.add_argument("--texts", type=int, default=100_000)
+    ap.add_argument("--part", default="all", choices=("a", "c", "all"))
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--long-run", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.long_run:
+        _long_run(args.long_run, args.seq, args.batch, args.out)
+        return
+    data: dict[str, Any] = {"benchmark": "gpu", "device": gpu_name(), "machine": machine()}
+    if args.part in ("a", "all"):
+        data["a_end_to_end_minilm"] = part_a(args.source, args.texts)
+        print(json.dumps(data["a_end_to_end_minilm"], indent=1), flush=True)
+    if args.part in ("c", "all"):
+        data["c_long_sequences"] = part_c(args.seq, args.batch)
+        print(json.dumps(data["c_long_sequences"], indent=1), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = data["device"].replace(" ", "_").replace("/", "_")
+    out = Path(os.environ.get("OUT", RESULTS)) / f"gpu_{tag}_{args.part}.json"
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
