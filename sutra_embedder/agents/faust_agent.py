@@ -21,6 +21,11 @@ How offsets stay safe:
   exactly once to consumers reading with ``isolation_level=read_committed``.
 * Results complete in input order, so the committed offset never passes a
   message whose output is not written yet.
+* When partitions move to another worker, Faust waits until every message
+  read so far is written and acknowledged, then commits and hands over.
+* An error in the agent stops the worker process (Faust's crashing
+  supervisor) rather than restarting the agent in place: the restarted worker
+  reads again from the committed offsets, so no message is skipped.
 
 Inference runs in a worker thread: the event loop keeps heartbeating while
 the model runs, so long batches do not trigger rebalances.
@@ -98,7 +103,7 @@ class AgentConfig:
     precision: Precision = "float32"
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
-    max_pending: int = 2048
+    max_pending: int = 512
     commit_interval_s: float = 1.0
     commit_every: int = 1000
     idle_commit_s: float = 0.05
@@ -195,6 +200,14 @@ class EmbeddingAgent:
         """The agent body: read, embed, write in order, acknowledge."""
         engine = StreamingEmbedder(self.embedder, self.config.streaming)
         self.engine = engine
+        tm = self.app.consumer.transactions
+        orig = tm.commit
+        async def dbg_commit(offsets, start_new_transaction=True):
+            log.info("DBGTMCOMMIT start %s", {k.partition: v for k, v in offsets.items()})
+            r = await orig(offsets, start_new_transaction=start_new_transaction)
+            log.info("DBGTMCOMMIT end")
+            return r
+        tm.commit = dbg_commit
         await engine.start()
         pending: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=self.config.max_pending)
         delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]] = asyncio.Queue(
@@ -276,7 +289,8 @@ class EmbeddingAgent:
     async def _commit_transaction(self) -> None:
         if not self._uncommitted:
             return
-        await self.app.consumer.commit()
+        r = await self.app.consumer.commit()
+        log.info("DBGCOMMIT %s %s", r, dict(self.app.consumer._committed_offset))
         self.counters.transactions += 1
         self._uncommitted = 0
         self._last_commit = time.monotonic()
@@ -311,6 +325,9 @@ class EmbeddingAgent:
         app = self.app
         transactional_id = None
         if self.transactional:
+            # Never write while Faust itself commits (during a rebalance): the
+            # output could land in a transaction that does not commit its offset.
+            await app.consumer.maybe_wait_for_commit_to_finish()
             # The transaction of the input partition: Faust commits that
             # partition's offsets in it.
             tp = event.message.tp
@@ -320,6 +337,8 @@ class EmbeddingAgent:
             transactional_id = app.consumer.transactions.transactional_id_format.format(
                 tpg=TopicPartitionGroup(tp.topic, tp.partition, group), group_id=app.conf.id
             )
+        log.info("DBGPRESEND %s fut=%s", message.key, app.consumer._commit_fut is not None)
+        log.info("DBGSEND %s %s/%s tid=%s gen=%s appgen=%s", message.key, event.message.tp.partition, event.message.offset, transactional_id, event.message.generation_id, app.consumer_generation_id)
         result: Awaitable[Any] = await app.producer.send(
             topic, message.key, message.value, None, None, message.headers or None,
             transactional_id=transactional_id,
@@ -392,7 +411,12 @@ def embedding_agent(
     async def sutra_embed(stream: Any) -> None:
         await handle.process(stream)
 
-    handle.agent = app.agent(channel, name=cfg.name)(sutra_embed)
+    import mode
+
+    # An agent error exits the worker (to be restarted by its supervisor)
+    # instead of restarting the agent in place: messages the failed agent held
+    # are then read again from the committed offsets, never skipped.
+    handle.agent = app.agent(channel, name=cfg.name, supervisor_strategy=mode.CrashingSupervisor)(sutra_embed)
     return handle
 
 

@@ -92,7 +92,7 @@ class StreamingConfig:
 
     max_batch_size: int = 64
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
     queue_size: int = 1024
     max_in_flight: int = 1
     token_count: TokenCount = "estimate"

@@ -54,6 +54,7 @@ from .sinks import (
     IndexInfo,
     SearchOptions,
     SinkConfig,
+    SinkError,
     _check_choice,
     _check_int,
     _parse_bool,
@@ -228,8 +229,13 @@ class RollingParquetSink(BufferedSink):
         self._segments.clear()
 
     def write(self, rows: Sequence[EmbeddingRow]) -> list[DeadLetter]:
+        """Add rows to their partition's open segment, committing segments that are full or old.
+
+        Rows at or below the partition's last accepted offset are replays and
+        are dropped (``stats.rows_skipped``).
+        """
         if not self._opened:
-            raise ConfigError("sink", f"sink {self.config.location} is not open: call open() first")
+            raise SinkError(f"sink {self.config.location} is not open: call open() first")
         cfg = self.config
         dead: list[DeadLetter] = []
         for row in rows:

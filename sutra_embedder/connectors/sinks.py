@@ -76,7 +76,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import numpy as np
@@ -116,7 +116,7 @@ def missing_extra(extra: str, module: str) -> ImportError:
 
 
 # ------------------------------------------------------------------ rows
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EmbeddingRow:
     """One embedding to store.
 
@@ -575,6 +575,16 @@ class BufferedSink:
             self._opened = True
 
     def write(self, rows: Sequence[EmbeddingRow]) -> list[DeadLetter]:
+        """Validate and buffer ``rows``; store a batch whenever the buffer is full.
+
+        Returns:
+            Dead letters of the rows that can never be stored (and, for stores
+            that find out only when storing, of earlier rows of the batch just stored).
+
+        Raises:
+            SinkError: The store stayed unreachable through every retry. Rows not
+                yet flushed are not guaranteed: replay from the last committed offset.
+        """
         if not self._opened:
             raise SinkError(f"sink {self.config.location} is not open: call open() first")
         dead: list[DeadLetter] = []
@@ -599,6 +609,7 @@ class BufferedSink:
         return dead
 
     def flush(self) -> list[DeadLetter]:
+        """Store everything buffered; the rows are durable when this returns."""
         if not self._opened:
             return []
         dead = self._drain()
@@ -626,7 +637,7 @@ class BufferedSink:
         if self._opened:
             self._close()
 
-    def __enter__(self) -> BufferedSink:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

@@ -34,6 +34,7 @@ def plan_batches(
     max_batch_size: int,
     sort_by_length: bool = True,
     batch_overhead_tokens: int = 64,
+    exact_limit: int = 2048,
 ) -> BatchPlan:
     """Group items so that ``rows * longest`` stays within ``max_batch_tokens``.
 
@@ -53,23 +54,34 @@ def plan_batches(
     order = np.argsort(-lens, kind="stable")
     sl = lens[order]
     n = sl.size
-    best = np.zeros(n + 1, dtype=np.float64)
-    cut = np.zeros(n + 1, dtype=np.int64)
-    for end in range(1, n + 1):
-        lo = max(0, end - max_batch_size)
-        starts = np.arange(lo, end)
+    # Cut points: every position for small inputs (exact); for large ones, the starts of
+    # runs of equal length plus every `quantum`-th position, which keeps planning fast
+    # (a 16k-item block is planned in milliseconds) at a negligible loss of optimality.
+    # Consecutive cut points are at most `quantum` rows apart, and `quantum` rows of the
+    # longest item fit the budget, so a feasible plan always exists.
+    quantum = 1 if n <= exact_limit else max(1, min(32, max_batch_size, max_batch_tokens // int(sl[0])))
+    run_starts = np.flatnonzero(np.diff(sl, prepend=sl[0] + 1))
+    cand = np.unique(np.concatenate([run_starts, np.arange(0, n, quantum), [n]]))
+    best = np.full(cand.size, np.inf)
+    best[0] = 0.0
+    prev = np.zeros(cand.size, dtype=np.int64)
+    for ci in range(1, cand.size):
+        end = int(cand[ci])
+        lo = int(np.searchsorted(cand, end - max_batch_size, side="left"))
+        idx = np.arange(lo, ci)
+        starts = cand[idx]
         rows = end - starts
         cost = rows * sl[starts]  # longest of a run is its first item (sorted desc)
         allowed = (cost <= max_batch_tokens) | (rows == 1)
-        total = np.where(allowed, best[lo:end] + cost + batch_overhead_tokens, np.inf)
+        total = np.where(allowed, best[idx] + cost + batch_overhead_tokens, np.inf)
         k = int(np.argmin(total))
-        best[end], cut[end] = total[k], starts[k]
+        best[ci], prev[ci] = total[k], idx[k]
     batches: list[np.ndarray] = []
-    end = n
-    while end > 0:
-        start = int(cut[end])
-        batches.append(order[start:end])
-        end = start
+    ci = cand.size - 1
+    while ci > 0:
+        pi = int(prev[ci])
+        batches.append(order[int(cand[pi]) : int(cand[ci])])
+        ci = pi
     batches.reverse()
     padded = sum(len(b) * int(lens[b].max()) for b in batches)
     return BatchPlan(batches, int(lens.sum()), padded)
@@ -102,11 +114,11 @@ def plan_fixed_count(lengths: Sequence[int] | np.ndarray, batch_size: int) -> Ba
 
 
 def pad_batch(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad id arrays into ``(ids, attention_mask)`` int64 matrices."""
-    longest = max(len(s) for s in seqs)
+    """Right-pad id arrays into ``(ids, attention_mask)`` int64 matrices (vectorised)."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    longest = int(lengths.max())
+    cols = np.arange(longest)
+    mask = (cols[None, :] < lengths[:, None]).astype(np.int64)
     ids = np.full((len(seqs), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), longest), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
+    ids[mask.astype(bool)] = np.concatenate(seqs)
     return ids, mask

@@ -50,7 +50,8 @@ class BatchingConfig:
         sort_by_length: Sort items by length before packing (less padding).
             Turn off only to measure what sorting buys.
         batch_overhead_tokens: The fixed cost of one model call, in tokens; the
-            planner trades padding against extra calls with it.
+            planner trades padding against extra calls with it. ``None``: 64 on
+            CPU, 4096 on a GPU.
         pipeline_block: Texts per block of a large call; the next block is
             tokenized while the model runs the current one.
     """
@@ -58,13 +59,14 @@ class BatchingConfig:
     max_batch_tokens: int = 8192
     max_batch_size: int = 256
     sort_by_length: bool = True
-    batch_overhead_tokens: int = 64
+    batch_overhead_tokens: int | None = None
     pipeline_block: int = 4096
 
     def __post_init__(self) -> None:
         _int_at_least("batching.max_batch_tokens", self.max_batch_tokens, 1)
         _int_at_least("batching.max_batch_size", self.max_batch_size, 1)
-        _int_at_least("batching.batch_overhead_tokens", self.batch_overhead_tokens, 0)
+        if self.batch_overhead_tokens is not None:
+            _int_at_least("batching.batch_overhead_tokens", self.batch_overhead_tokens, 0)
         _int_at_least("batching.pipeline_block", self.pipeline_block, 1)
 
 

@@ -210,8 +210,11 @@ class Embedder:
         """Embed framed id arrays in token-budget batches; failing rows go to ``failed``."""
         out = np.zeros((len(items), self.manifest.dim), dtype=np.float32)
         bcfg = self.config.batching
+        overhead = bcfg.batch_overhead_tokens
+        if overhead is None:  # a GPU call costs far more than a CPU call relative to a token
+            overhead = 4096 if self.session_info.on_gpu else 64
         plan = plan_batches([len(x) for x in items], bcfg.max_batch_tokens, bcfg.max_batch_size,
-                            bcfg.sort_by_length, bcfg.batch_overhead_tokens)
+                            bcfg.sort_by_length, overhead)
         for batch in plan.batches:
             self._run_batch(items, batch, out, failed)
         return out
@@ -359,12 +362,16 @@ class Embedder:
         for position, spans, ntok, cut in prep.owners:
             rows = range(row, row + len(spans))
             row += len(spans)
-            bad = [failed_rows[r] for r in rows if r in failed_rows]
-            if bad:
-                failures.append(Failure(position, "inference_error", bad[0]))
-                continue
+            if failed_rows:
+                bad = [failed_rows[r] for r in rows if r in failed_rows]
+                if bad:
+                    failures.append(Failure(position, "inference_error", bad[0]))
+                    continue
             win = item_vecs[rows.start : rows.stop]
-            vectors.append(aggregate(win, spans, ntok - n_special, ccfg.aggregation, normalize))
+            if len(spans) == 1:  # the graph already pooled and normalised it
+                vectors.append(win[0])
+            else:
+                vectors.append(aggregate(win, spans, ntok - n_special, ccfg.aggregation, normalize))
             ok.append(position)
             ok_tokens.append(ntok)
             ok_chunks.append(len(spans))

@@ -9,6 +9,7 @@ when it cuts texts into windows. This sidesteps a trap of many shipped
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,8 +63,10 @@ class TextTokenizer:
 
     def encode_content(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Content token ids of each text (no special tokens, no truncation)."""
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        id_lists = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        lengths = [len(x) for x in id_lists]
+        flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=sum(lengths))
+        return np.split(flat, np.cumsum(lengths)[:-1]) if id_lists else []
 
     def frame(self, content: np.ndarray) -> np.ndarray:
         """Wrap content ids in the model's special tokens."""

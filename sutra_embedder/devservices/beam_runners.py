@@ -277,7 +277,7 @@ def ensure_prism(version: str | None = None) -> Path:
         tag = _go_module_tag(version)
         go = _require_tool(
             "go",
-            f"once to build Beam's Prism runner (go install {PRISM_PACKAGE}@{tag}); install Go 1.24 or newer",
+            f"once to build Beam's Prism runner (go install {PRISM_PACKAGE}@{tag}); install Go 1.26 or newer",
         )
         with tempfile.TemporaryDirectory(prefix=".prism-build-", dir=bin_dir) as build_dir:
             env = {**os.environ, "GOBIN": build_dir, "GOWORK": "off"}

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
+FLOAT32_SCOPE = "pool/"  # pooling and normalisation: kept in float32 when converting to fp16
 MASK_VALUE = -10000.0
 
 Architecture = Literal["bert", "mpnet"]
@@ -79,6 +80,7 @@ class _Graph:
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
         self._scalars: dict[float, str] = {}
+        self.scope = ""  # node-name prefix; "pool/" marks the nodes kept in float32 in fp16 models
 
     def scalar(self, value: float) -> str:
         """A float32 scalar constant, shared by every node that uses the same value."""
@@ -93,7 +95,7 @@ class _Graph:
     def op(self, op_type: str, inputs: list[str], domain: str | None = None, **attrs: Any) -> str:
         self._n += 1
         out = f"{op_type.lower()}_{self._n}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{self._n}_{op_type}",
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{self.scope}n{self._n}_{op_type}",
                                            domain=domain, **attrs))
         return out
 
@@ -155,7 +157,9 @@ def build_encoder(
     g = _Graph()
     ids, mask = "input_ids", "attention_mask"
     i64 = lambda name, v: g.const(name, np.asarray(v, dtype=np.int64))  # noqa: E731
+    g.scope = FLOAT32_SCOPE
     maskf = g.op("Cast", [mask], to=TensorProto.FLOAT)
+    g.scope = ""
 
     # Embeddings.
     x = g.op("Gather", [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), ids], axis=0)
@@ -232,6 +236,7 @@ def build_encoder(
         x = g.layer_norm(g.op("Add", [out, x]), w(L + "output.LayerNorm.weight"),
                          w(L + "output.LayerNorm.bias"), spec.layer_norm_eps, L + "output.LayerNorm")
 
+    g.scope = FLOAT32_SCOPE
     pooled = _pool(g, x, maskf, spec.pooling, i64)
     if spec.normalize:
         sq = g.op("ReduceSum", [g.op("Mul", [pooled, pooled]), i64("c_axis_last", [1])], keepdims=1)

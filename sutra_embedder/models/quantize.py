@@ -99,11 +99,46 @@ def quantize_int8_graph(src: Path, dest: Path, per_channel: bool, keep_float: tu
 
 
 def convert_fp16_graph(src: Path, dest: Path) -> None:
-    """fp16 weights and activations, float32 inputs/outputs (for GPUs)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """fp16 encoder for GPUs; pooling, normalisation, inputs and outputs stay float32.
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    Works on the fused graphs this package writes: every float32 weight of the
+    encoder becomes float16 (its inputs are integer ids, so fp16 then flows
+    through every encoder operator), and one Cast brings the encoder's output
+    back to float32 where pooling starts. Pooling stays in float32 because an
+    fp16 mask sum loses precision and the 1e-9 / 1e-12 guards underflow.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx_builder import FLOAT32_SCOPE
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    if not any(n.op_type == "Attention" for n in graph.node):
+        raise ConfigError("model", f"{src} is not a fused graph; re-import it with `sutra models import`")
+    pool_nodes = [n for n in graph.node if n.name.startswith(FLOAT32_SCOPE)]
+    pool_inputs = {i for n in pool_nodes for i in n.input}
+    encoder_inputs = {i for n in graph.node if not n.name.startswith(FLOAT32_SCOPE) for i in n.input}
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name in encoder_inputs:
+            if init.name in pool_inputs:
+                raise ValueError(f"initializer {init.name} is shared by encoder and pooling")
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    encoder_outputs = {o for n in graph.node if not n.name.startswith(FLOAT32_SCOPE) for o in n.output}
+    casts = []
+    for name in sorted(pool_inputs & encoder_outputs):
+        cast_out = f"{name}_float32"
+        casts.append(helper.make_node("Cast", [name], [cast_out], name=f"{FLOAT32_SCOPE}cast_{name}",
+                                      to=TensorProto.FLOAT))
+        for n in pool_nodes:
+            for k, inp in enumerate(n.input):
+                if inp == name:
+                    n.input[k] = cast_out
+    first_pool = next(i for i, n in enumerate(graph.node) if n.name.startswith(FLOAT32_SCOPE)
+                      and any(x.endswith("_float32") for x in n.input))
+    for offset, node in enumerate(casts):
+        graph.node.insert(first_pool + offset, node)
+    del graph.value_info[:]
     onnx.save_model(model, str(dest))
 
 

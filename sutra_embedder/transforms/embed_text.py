@@ -9,7 +9,8 @@ then sorts them by length and cuts token-budget batches):
 * **stateful** (unbounded inputs): ``GroupIntoBatches.WithShardedKey``
   buffers texts per key shard in Beam state and emits a batch when it is full
   or ``max_buffering_secs`` after its first text, so a quiet stream is never
-  held back for long and a busy one fills large batches.
+  held back for long and a busy one fills large batches. The batches are then
+  embedded in a stage of their own (after a ``Reshuffle``).
 
 Every element ends up in exactly one of the two outputs.
 """
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms.window import BoundedWindow
-from apache_beam.typehints import Tuple
+from apache_beam.typehints import List, Tuple
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, WindowedValue
 
@@ -193,12 +194,15 @@ class _ValidateDoFn(beam.DoFn):  # type: ignore[misc]
             yield (_BATCH_KEY, parsed)
 
 
+def _batch_texts(keyed_batch: tuple[Any, Iterable[PendingText]]) -> list[PendingText]:
+    return list(keyed_batch[1])
+
+
 class _BatchEmbedDoFn(_ModelDoFn):
     """Stateful mode, last step: embed one batch from GroupIntoBatches."""
 
-    def process(self, element: tuple[Any, Iterable[PendingText]]) -> Iterator[Any]:
-        _, items = element
-        for out in self._embed(list(items)):
+    def process(self, items: list[PendingText]) -> Iterator[Any]:
+        for out in self._embed(items):
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, out) if isinstance(out, DeadLetterRow) else out
 
 
@@ -273,8 +277,17 @@ class EmbedText(beam.PTransform):  # type: ignore[misc]
         validated = pcoll | "Validate" >> beam.ParDo(_ValidateDoFn(cfg)).with_output_types(
             Tuple[str, PendingText], **{DEAD_LETTERS: DeadLetterRow}
         ).with_outputs(DEAD_LETTERS, main="texts")
-        batches = validated["texts"] | "Buffer" >> beam.GroupIntoBatches.WithShardedKey(
-            cfg.max_buffer_texts, cfg.max_buffering_secs, self.buffering_clock
+        batches = (
+            validated["texts"]
+            | "Buffer" >> beam.GroupIntoBatches.WithShardedKey(
+                cfg.max_buffer_texts, cfg.max_buffering_secs, self.buffering_clock
+            )
+            | "DropKeys" >> beam.Map(_batch_texts).with_output_types(List[PendingText])
+            # Embed in a stage of its own: the stateful step then commits its
+            # state quickly whatever the model's latency, and embedding scales
+            # apart from the buffering. (Fused with a slow step, Prism 2.77 was
+            # seen to drop and duplicate GroupIntoBatches elements.)
+            | "Decouple" >> beam.Reshuffle()
         )
         out = batches | "EmbedBatches" >> beam.ParDo(_BatchEmbedDoFn(cfg)).with_output_types(
             EmbeddingRow, **{DEAD_LETTERS: DeadLetterRow}

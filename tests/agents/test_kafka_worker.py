@@ -472,3 +472,33 @@ def test_sigkill_exactly_once_shows_no_duplicates(setup: Setup) -> None:
     assert max(counts.values()) == 1, f"duplicates: {[r for r, n in counts.items() if n > 1][:5]}"
     assert {d["id"]: d["kind"] for d in outputs.letters} == sent.poison
     assert sum(committed.values()) > 0 and len(before) < len(counts), "the crash happened mid-stream"
+
+
+@pytest.mark.kafka
+def test_exactly_once_across_a_rebalance_and_a_crash(setup: Setup) -> None:
+    """A second worker joins mid-stream (partitions move), then the first is killed."""
+    args = [*setup.args, "--processing-guarantee", "exactly_once"]
+    producer = Producer(setup.bootstrap, setup.source, 2)
+    producer.good(20)
+    outputs = Outputs(setup.bootstrap, setup.out, setup.dlq, "read_committed")
+    first = Worker(args, setup.log_path)
+    second: Worker | None = None
+    try:
+        outputs.wait_count(10, timeout=180)
+        feeder = producer.good_at_rate(240, per_second=40)
+        second = Worker(args, setup.log_path.with_name("worker2.log"))
+        time.sleep(8.0)  # the second worker joins: a rebalance while records flow
+        first.kill()
+        feeder.join(60)
+        producer.close()
+        outputs.wait_for(producer.sent.good, timeout=300, worker=second)
+        outputs.settle()
+        assert second.proc.poll() is None, second.log_tail()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        outputs.close()
+    counts = outputs.ids()
+    assert set(counts) == set(producer.sent.good)
+    assert max(counts.values()) == 1, f"duplicates: {[r for r, n in counts.items() if n > 1][:5]}"

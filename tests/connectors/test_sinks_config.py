@@ -44,9 +44,9 @@ def test_uris_build_each_config() -> None:
     # Sink parameters are removed from the libpq URI; libpq's own stay.
     assert pg.dsn.startswith("postgresql://app:") and "sslmode=require" in pg.dsn and "batch_size" not in pg.dsn
 
-    lance = sink_config_from_uri("lancedb:///tmp/l?table=docs&index=ivf_pq&index_min_rows=5", 16, "m")
+    lance = sink_config_from_uri("lancedb:///tmp/l?table=docs&index=ivf_pq&index_min_rows=500", 16, "m")
     assert isinstance(lance, LanceSinkConfig)
-    assert (lance.path, lance.table, lance.index, lance.index_min_rows) == ("/tmp/l", "docs", "ivf_pq", 5)
+    assert (lance.path, lance.table, lance.index, lance.index_min_rows) == ("/tmp/l", "docs", "ivf_pq", 500)
 
     over = sink_config_from_uri("lancedb:///tmp/l?batch_size=10", 16, "m", batch_size=99)
     assert isinstance(over, LanceSinkConfig) and over.batch_size == 99
@@ -62,6 +62,7 @@ def test_uris_build_each_config() -> None:
         ("parquet:///d?precision=int8", "calibration", "calibration"),
         ("lancedb:///d?precision=int8", "precision", "float16"),
         ("lancedb:///d?table=bad-name", "table", "valid table"),
+        ("lancedb:///d?index=ivf_pq&index_min_rows=5", "index_min_rows", ">= 256 rows"),
         ("postgresql://u@h/db?precision=uint8", "precision", "binary"),
         ("postgresql://u@h/db?method=bulk", "method", "executemany"),
         ("postgresql://u@h/db?table=a.b.c", "table", "schema.name"),

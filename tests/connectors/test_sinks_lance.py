@@ -55,7 +55,7 @@ def test_exact_search_equals_brute_force(flat_db: Path, sink_corpus: SinkCorpus)
     index = LanceIndex.from_uri(_uri(flat_db))
     assert (index.info.model, index.info.dim, index.info.rows) == (sink_corpus.model, sink_corpus.dim, 200)
     assert not index.has_ann_index
-    for q in list(sink_corpus.query_vectors[:8]) + [sink_corpus.vectors[3]]:
+    for q in [*sink_corpus.query_vectors[:8], sink_corpus.vectors[3]]:
         want_ids, want_scores = _brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)
         hits = index.search(q, 10, SearchOptions(exact=True))
         assert [h[0] for h in hits] == want_ids
@@ -133,7 +133,7 @@ def test_dead_letters_and_model_check(tmp_path: Path, sink_corpus: SinkCorpus) -
     wrong = EmbeddingRow(id="wide", vector=np.ones(sink_corpus.dim + 1, np.float32))
     other = EmbeddingRow(id="other", vector=rows[0].vector, model="mpnet")
     with _sink(tmp_path, sink_corpus, index="none") as sink:
-        dead = sink.write(rows[:2] + [wrong, other] + rows[2:])
+        dead = sink.write([*rows[:2], wrong, other, *rows[2:]])
     assert [(d.id, d.kind) for d in dead] == [("wide", "dimension_mismatch"), ("other", "model_mismatch")]
     assert LanceIndex.from_uri(_uri(tmp_path)).count() == 5
     with pytest.raises(ConfigError, match="has model 'minilm'") as err:

@@ -64,7 +64,7 @@ def test_schema_index_and_model_comment(pg_uri: str, loaded_table: str, sink_cor
 
 def test_exact_search_equals_brute_force(pg_uri: str, loaded_table: str, sink_corpus: SinkCorpus) -> None:
     index = PgVectorIndex.from_uri(_uri(pg_uri, loaded_table))
-    for q in list(sink_corpus.query_vectors[:8]) + [sink_corpus.vectors[3]]:
+    for q in [*sink_corpus.query_vectors[:8], sink_corpus.vectors[3]]:
         want_ids, want_scores = _brute_force(sink_corpus, q, 10)
         hits = index.search(q, 10, SearchOptions(exact=True))
         assert [h[0] for h in hits] == want_ids
@@ -141,7 +141,7 @@ def test_refused_rows_become_dead_letters(pg_uri: str, pg_table: str, sink_corpu
     nul = EmbeddingRow(id="nul", vector=rows[0].vector, metadata={"note": "a\x00b"})
     huge = EmbeddingRow(id="huge", vector=rows[1].vector, n_tokens=2**40)  # over Postgres' integer
     with _sink(pg_uri, pg_table, sink_corpus, batch_size=100) as sink:
-        dead = sink.write(rows[:20] + [short, nul] + rows[20:40] + [huge] + rows[40:])
+        dead = sink.write([*rows[:20], short, nul, *rows[20:40], huge, *rows[40:]])
         assert [(d.id, d.kind) for d in dead] == [("short", "dimension_mismatch"), ("nul", "invalid_metadata")]
         assert "768 dimensions" in dead[0].error and f"stores {sink_corpus.dim}" in dead[0].error
         late = sink.flush()  # the server refuses "huge"; splitting the batch finds it
@@ -183,7 +183,7 @@ def test_halfvec_and_bit_tables(
     stored = index.fetch([sink_corpus.ids[11]])[sink_corpus.ids[11]]
     if precision == "float16":
         np.testing.assert_array_equal(stored, sink_corpus.vectors[11].astype(np.float16).astype(np.float32))
-        want, scores = _brute_force(sink_corpus, q, 5)
+        _want, scores = _brute_force(sink_corpus, q, 5)
         np.testing.assert_allclose([h[1] for h in hits], scores, atol=2e-3)
     else:
         np.testing.assert_array_equal(stored, (sink_corpus.vectors[11] > 0).astype(np.uint8))

@@ -62,3 +62,20 @@ def test_token_budget_beats_fixed_count_on_mixed_lengths() -> None:
     fixed = plan_fixed_count(lengths, 32)
     assert sorted_plan.padding_efficiency > 0.95
     assert fixed.padding_efficiency < 0.6
+
+
+@pytest.mark.parametrize("n,max_size,budget", [(5000, 256, 8192), (20000, 1024, 65536), (3000, 8, 300)])
+def test_large_inputs_plan_fast_and_near_optimal(n: int, max_size: int, budget: int) -> None:
+    import time
+
+    rng = np.random.default_rng(n)
+    lengths = rng.integers(10, 300, size=n)
+    start = time.perf_counter()
+    plan = plan_batches(lengths, budget, max_size, batch_overhead_tokens=64)
+    assert time.perf_counter() - start < 5.0
+    assert sorted(np.concatenate(plan.batches).tolist()) == list(range(n))
+    for b in plan.batches:
+        assert len(b) <= max_size and (len(b) == 1 or len(b) * lengths[b].max() <= budget)
+    exact = plan_batches(lengths, budget, max_size, batch_overhead_tokens=64, exact_limit=n)
+    cost = plan.padded_tokens + 64 * len(plan.batches)
+    assert cost <= 1.01 * (exact.padded_tokens + 64 * len(exact.batches))

@@ -8,6 +8,7 @@ to the test. Flink start-up is slow: keep these pipelines small.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,11 +69,13 @@ def test_streaming_on_prism(
     flushes: list[int] = []
     original = shared.embed
 
-    def spy(texts: Sequence[object], prompt: str | None = None) -> TracedResult:
+    def slow_spy(texts: Sequence[object], prompt: str | None = None) -> TracedResult:
+        # A slow model: buffering state must lose and repeat nothing meanwhile.
         flushes.append(len(texts))
+        time.sleep(0.4)
         return original(texts, prompt)
 
-    monkeypatch.setattr(shared, "embed", spy)
+    monkeypatch.setattr(shared, "embed", slow_spy)
     records = corpus_records[:10]
     stamped = [window.TimestampedValue(r, Timestamp(i * 2)) for i, r in enumerate(records)]
     stream = (
