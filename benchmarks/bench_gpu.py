@@ -62,7 +62,7 @@ def corpus(n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def part_a(source: Path, n: int) -> dict[str, Any]:
+def part_a(source: Path, n: int, kernels: int = 0) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -73,7 +73,7 @@ def part_a(source: Path, n: int) -> dict[str, Any]:
             model=str(model_dir),
             chunking=ChunkingConfig(policy="truncate"),
             batching=BatchingConfig(max_batch_tokens=65536, max_batch_size=1024, pipeline_block=16384),
-            runtime=RuntimeConfig(device="cuda", fp16=True),
+            runtime=RuntimeConfig(device="cuda", fp16=True, attention_kernels=kernels),
         ))
         info = emb.describe()
         emb.embed(texts[:20000])
@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--part", default="all", choices=("a", "c", "all"))
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--kernels", default="0", help="comma-separated sdpa_kernel masks to compare in (a)")
     ap.add_argument("--long-run", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -213,8 +214,16 @@ def main() -> None:
         return
     data: dict[str, Any] = {"benchmark": "gpu", "device": gpu_name(), "machine": machine()}
     if args.part in ("a", "all"):
-        data["a_end_to_end_minilm"] = part_a(args.source, args.texts)
-        print(json.dumps(data["a_end_to_end_minilm"], indent=1), flush=True)
+        runs = {}
+        for k in (int(x) for x in args.kernels.split(",")):
+            try:
+                runs[f"attention_kernels={k}"] = part_a(args.source, args.texts, k)
+            except Exception as exc:  # a kernel choice the GPU rejects is a result too
+                runs[f"attention_kernels={k}"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(k, json.dumps({kk: v for kk, v in runs[f"attention_kernels={k}"].items()
+                                 if kk in ("sutra_texts_per_s", "st_fp16_texts_per_s", "ratio", "error")}),
+                  flush=True)
+        data["a_end_to_end_minilm"] = runs
     if args.part in ("c", "all"):
         data["c_long_sequences"] = part_c(args.seq, args.batch)
         print(json.dumps(data["c_long_sequences"], indent=1), flush=True)

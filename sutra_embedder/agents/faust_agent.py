@@ -90,7 +90,9 @@ class AgentConfig:
         decode: How input messages are read.
         streaming: Micro-batching of the streaming embedder.
         max_pending: Messages read but not yet written; the agent stops reading
-            (and Faust stops fetching) beyond it.
+            (and Faust stops fetching) beyond it. On a rebalance these are
+            written before the partitions move, which must take less than the
+            consumer session timeout.
         commit_interval_s: Exactly-once only: longest time between transaction commits.
         commit_every: Exactly-once only: commit after this many messages.
         idle_commit_s: Exactly-once only: commit this soon after the agent
@@ -103,7 +105,7 @@ class AgentConfig:
     precision: Precision = "float32"
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
-    max_pending: int = 512
+    max_pending: int = 256
     commit_interval_s: float = 1.0
     commit_every: int = 1000
     idle_commit_s: float = 0.05
@@ -200,14 +202,6 @@ class EmbeddingAgent:
         """The agent body: read, embed, write in order, acknowledge."""
         engine = StreamingEmbedder(self.embedder, self.config.streaming)
         self.engine = engine
-        tm = self.app.consumer.transactions
-        orig = tm.commit
-        async def dbg_commit(offsets, start_new_transaction=True):
-            log.info("DBGTMCOMMIT start %s", {k.partition: v for k, v in offsets.items()})
-            r = await orig(offsets, start_new_transaction=start_new_transaction)
-            log.info("DBGTMCOMMIT end")
-            return r
-        tm.commit = dbg_commit
         await engine.start()
         pending: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=self.config.max_pending)
         delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]] = asyncio.Queue(
@@ -252,24 +246,17 @@ class EmbeddingAgent:
                 continue
             event, item, future = entry
             topic, message = self._output_for(item, await future if future is not None else None)
-            if topic is None:
-                delivery = None
-            else:
-                delivery = await self._send(topic, message, event)
             if transactional:
-                # Written into the open transaction: acknowledge at once, with
-                # no await in between, so a commit never holds an output whose
-                # offset it does not also commit.
-                await source.ack(event)
+                await self._write_in_transaction(source, event, topic, message)
                 self._uncommitted += 1
                 if self._uncommitted >= self.config.commit_every or (
                     time.monotonic() - self._last_commit >= self.config.commit_interval_s
                 ):
                     await self._commit_transaction()
-            elif delivery is None:
+            elif topic is None:
                 await delivered.put((event, _done_future()))
             else:
-                await delivered.put((event, delivery))
+                await delivered.put((event, await self._send(topic, message, event)))
 
     async def _next_pending(self, pending: asyncio.Queue[_Pending]) -> _Pending | None:
         if not self._uncommitted or not pending.empty():
@@ -289,8 +276,7 @@ class EmbeddingAgent:
     async def _commit_transaction(self) -> None:
         if not self._uncommitted:
             return
-        r = await self.app.consumer.commit()
-        log.info("DBGCOMMIT %s %s", r, dict(self.app.consumer._committed_offset))
+        await self.app.consumer.commit()
         self.counters.transactions += 1
         self._uncommitted = 0
         self._last_commit = time.monotonic()
@@ -320,14 +306,40 @@ class EmbeddingAgent:
             return None, encode_dead_letter(letter)
         return self.config.dead_letter_topic, encode_dead_letter(letter)
 
+    async def _write_in_transaction(
+        self, source: Any, event: Any, topic: str | None, message: KafkaMessage
+    ) -> None:
+        """Write one output into the input partition's transaction and acknowledge its input.
+
+        A Faust commit (its own, during a rebalance or a stop) reads the
+        acknowledged offsets first and then commits each partition's
+        transaction. An output written in between would be committed without
+        its offset, and be written again after a crash. So the write and the
+        acknowledgement hold Faust's commit latch (``Consumer._commit_fut``,
+        which every ``Consumer.commit`` waits for and then skips its turn), and
+        wait for a commit already running.
+        """
+        consumer = self.app.consumer
+        if not hasattr(consumer, "_commit_fut"):  # pragma: no cover - another faust version
+            raise RuntimeError("this faust version has no commit latch; exactly_once is unsafe here")
+        while consumer._commit_fut is not None:
+            await consumer.maybe_wait_for_commit_to_finish()
+        latch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        consumer._commit_fut = latch
+        try:
+            if topic is not None:
+                await self._send(topic, message, event)
+            await source.ack(event)
+        finally:
+            if consumer._commit_fut is latch:
+                consumer._commit_fut = None
+            latch.set_result(None)
+
     async def _send(self, topic: str, message: KafkaMessage, event: Any) -> Awaitable[Any]:
         """Hand one message to the producer; returns its delivery future."""
         app = self.app
         transactional_id = None
         if self.transactional:
-            # Never write while Faust itself commits (during a rebalance): the
-            # output could land in a transaction that does not commit its offset.
-            await app.consumer.maybe_wait_for_commit_to_finish()
             # The transaction of the input partition: Faust commits that
             # partition's offsets in it.
             tp = event.message.tp
@@ -337,8 +349,6 @@ class EmbeddingAgent:
             transactional_id = app.consumer.transactions.transactional_id_format.format(
                 tpg=TopicPartitionGroup(tp.topic, tp.partition, group), group_id=app.conf.id
             )
-        log.info("DBGPRESEND %s fut=%s", message.key, app.consumer._commit_fut is not None)
-        log.info("DBGSEND %s %s/%s tid=%s gen=%s appgen=%s", message.key, event.message.tp.partition, event.message.offset, transactional_id, event.message.generation_id, app.consumer_generation_id)
         result: Awaitable[Any] = await app.producer.send(
             topic, message.key, message.value, None, None, message.headers or None,
             transactional_id=transactional_id,

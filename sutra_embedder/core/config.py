@@ -126,6 +126,12 @@ class RuntimeConfig:
         warmup: Run one small batch at load so the first real call is not slow.
         trt_cache_dir: Directory for TensorRT engine caches (``None``: beside the model).
         fp16: Prefer the model's fp16 variant when running on a GPU.
+        attention_kernels: CUDA attention kernels ONNX Runtime may choose from, as
+            its ``sdpa_kernel`` bit mask (1 flash, 2 memory-efficient, 4 TensorRT
+            fused, 8 cuDNN flash, 16 math); 0 lets ONNX Runtime decide. The
+            default, 23, allows all but cuDNN flash, which ONNX Runtime otherwise
+            prefers and which plans per shape: on an H200 it halved the
+            throughput of mixed-length batches.
     """
 
     device: Device = "auto"
@@ -135,9 +141,11 @@ class RuntimeConfig:
     warmup: bool = True
     trt_cache_dir: str | None = None
     fp16: bool = True
+    attention_kernels: int = 23
 
     def __post_init__(self) -> None:
         _choice("runtime.device", self.device, DEVICES)
+        _int_at_least("runtime.attention_kernels", self.attention_kernels, 0)
         _int_at_least("runtime.device_id", self.device_id, 0)
         _int_at_least("runtime.intra_op_threads", self.intra_op_threads, 0)
         _int_at_least("runtime.inter_op_threads", self.inter_op_threads, 0)

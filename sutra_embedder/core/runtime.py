@@ -52,7 +52,9 @@ class SessionInfo:
 
 def _provider_list(cfg: RuntimeConfig, model_path: Path) -> list[Any]:
     available = set(ort.get_available_providers())
-    cuda_opts = {"device_id": cfg.device_id}
+    cuda_opts: dict[str, Any] = {"device_id": cfg.device_id}
+    if cfg.attention_kernels:
+        cuda_opts["sdpa_kernel"] = cfg.attention_kernels
     trt_cache = cfg.trt_cache_dir or str(model_path.parent / "trt_cache")
     trt_opts = {
         "device_id": cfg.device_id,

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -630,6 +631,43 @@ def train_student(
         torch.set_num_threads(prev_threads)
 
 
+_LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
+
+
+def prune_weights(weights: dict[str, np.ndarray], keep: Sequence[int]) -> dict[str, np.ndarray]:
+    """The tensors of an encoder with only the layers ``keep`` left, renumbered ``0 .. len(keep) - 1``."""
+    new_index = {old: new for new, old in enumerate(keep)}
+    out: dict[str, np.ndarray] = {}
+    for key, value in weights.items():
+        m = _LAYER_KEY.search(key)
+        if m is None:
+            out[key] = value
+            continue
+        old = int(m.group(2))
+        if old in new_index:
+            renamed = f"{key[: m.start()]}{m.group(1)}encoder.layer.{new_index[old]}.{key[m.end():]}"
+            out[renamed] = value
+    return out
+
+
+def pruned_student(spec: StudentSpec) -> TrainedStudent:
+    """The student of ``spec`` without any training: its source with layers dropped (numpy only)."""
+    from .safetensors_io import load_safetensors
+
+    hf_config = _read_json(spec.source / "config.json")
+    weights = {k: np.asarray(v, np.float32) for k, v in load_safetensors(spec.source / "model.safetensors").items()
+               if not k.endswith("position_ids")}
+    if spec.keep_layers is not None:
+        n = int(hf_config["num_hidden_layers"])
+        bad = [i for i in spec.keep_layers if i >= n]
+        if bad:
+            raise ConfigError("keep_layers", f"layers {bad} do not exist; the model has {n}")
+        weights = prune_weights(weights, spec.keep_layers)
+        hf_config["num_hidden_layers"] = len(spec.keep_layers)
+    layout = _source_layout(spec.source)
+    return TrainedStudent(spec, weights, hf_config, None, str(layout["pooling"]), bool(layout["normalize"]))
+
+
 def history_eval(history: Sequence[dict[str, float]]) -> float:
     """The latest held-out loss of a training history."""
     for entry in reversed(history):
@@ -722,22 +760,29 @@ def append_linear_head(model_dir: str | Path, head: np.ndarray, normalize: bool)
     write_manifest(model_dir, replace(manifest, dim=int(out_dim), extra=extra))
 
 
-def export_student(student_dir: str | Path, dest: str | Path, name: str) -> Path:
+def export_student(student_dir: str | Path, dest: str | Path, name: str, source_label: str | None = None) -> Path:
     """Convert a saved student directory to a model directory at ``dest``.
 
     The built-in importer reads Transformer, Pooling and Normalize modules; a
     ``Dense`` head is converted from a view of the directory without it and
     then appended to the graph with :func:`append_linear_head`.
+
+    Args:
+        student_dir: A directory written by :meth:`TrainedStudent.save`.
+        dest: Model directory to create.
+        name: Model name in the manifest.
+        source_label: Source recorded in the manifest (default ``student_dir``).
     """
     from .importer import import_model
     from .safetensors_io import load_safetensors
 
     student_dir = Path(student_dir).resolve()
     dest = Path(dest)
+    label = source_label or str(student_dir)
     modules = _read_json(student_dir / "modules.json")
     dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
     if not dense:
-        return import_model(student_dir, dest, name, source_label=str(student_dir))
+        return import_model(student_dir, dest, name, source_label=label)
     if len(dense) > 1:
         raise ModelNotFoundError(f"{student_dir}: more than one Dense module")
     dense_dir = student_dir / dense[0]["path"]
@@ -752,7 +797,7 @@ def export_student(student_dir: str | Path, dest: str | Path, name: str) -> Path
                 (view / item.name).symlink_to(item)
         kept = [m for m in modules if m is not dense[0]]
         (view / "modules.json").write_text(json.dumps(kept), encoding="utf-8")
-        import_model(view, dest, name, source_label=str(student_dir))
+        import_model(view, dest, name, source_label=label)
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
     append_linear_head(dest, np.asarray(head, np.float32), normalize)
     return dest
@@ -785,13 +830,15 @@ def register_student(
     extra: dict[str, Any] | None = None,
     force: bool = False,
     threads: int = 0,
+    source_label: str | None = None,
 ) -> tuple[Path, QualityReport]:
     """Export, evaluate against the teacher and (if it passes the gate) register a student.
 
     The model is built in a temporary directory beside the cache entry and
     renamed into place only after it passed, so a refused or failed student
     leaves no model behind. The quality report (JSON, Markdown, PNG) is
-    written into the registered model's directory.
+    written into the registered model's directory. ``source_label`` is the
+    source recorded in the manifest (default: ``student_dir``).
 
     Raises:
         QualityGateError: The student's nDCG@10 is below ``min_ndcg_ratio`` of the teacher's.
@@ -803,7 +850,7 @@ def register_student(
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
-        built = export_student(student_dir, work / "model", name)
+        built = export_student(student_dir, work / "model", name, source_label)
         manifest = load_manifest(built)
         write_manifest(built, replace(manifest, extra=dict(manifest.extra, distillation=extra or {})))
         candidate = cpu_embedder(str(built), threads)
@@ -974,6 +1021,8 @@ __all__ = [
     "fit_projection",
     "jl_head",
     "projection_cosines",
+    "prune_weights",
+    "pruned_student",
     "register_student",
     "resolve_source",
     "row_cosines",

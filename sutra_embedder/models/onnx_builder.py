@@ -198,7 +198,10 @@ def build_encoder(
 
     heads, dh = spec.heads, spec.hidden // spec.heads
     if fused:
-        mask32 = g.op("Cast", [mask], to=TensorProto.INT32)
+        # Key lengths (batches are right-padded), not a 2-D mask: ONNX Runtime's CUDA
+        # Attention only picks its memory-efficient / flash kernels for this mask form.
+        lengths = g.op("ReduceSum", [mask, i64("c_len_axis", [1])], keepdims=0)
+        mask32 = g.op("Cast", [lengths], to=TensorProto.INT32)
         attn_bias = pos_bias if spec.architecture == "mpnet" else ""
     else:
         split_shape = i64("c_split_shape", [0, 0, heads, dh])

@@ -10,12 +10,14 @@ Steps of a run (its files go to ``--work-dir``, default
    records it could not embed to ``teacher/vectors.dead-*.jsonl``. A later run
    with the same teacher and corpus reuses these files.
 2. Either a student is trained to reproduce those vectors
-   (:func:`sutra_embedder.models.distill.train_student`), saved to
-   ``student/`` as a sentence-transformers directory, converted to ONNX,
-   evaluated against the teacher and registered under ``--name`` if it passes
-   the nDCG gate; or (``--projection-only``) a linear map from an existing
-   student model's vectors to the teacher's is fitted and stored in the
-   student's model directory under ``projections/<name>.npy``.
+   (:func:`sutra_embedder.models.distill.train_student`), saved as a
+   sentence-transformers directory, converted to ONNX, evaluated against the
+   teacher and registered under ``--name`` if it passes the nDCG gate (its
+   directory then becomes ``student/``, the registered model's source; a
+   refused one stays in ``student.candidate/`` beside ``quality_report.*``);
+   or (``--projection-only``) a linear map from an existing student model's
+   vectors to the teacher's is fitted and stored in the student's model
+   directory under ``projections/<name>.npy``.
 
 Examples::
 
@@ -89,7 +91,7 @@ class DistillJob:
             teacher's instead of training.
         ridge: Ridge strength of the projection fit.
         holdout: Fraction of the corpus held out to measure a projection's
-            teacher-space cosine.
+            teacher-space cosine (see :func:`holdout_split`).
         train: Training settings.
         min_ndcg_ratio: Refuse the result when its nDCG@10 is below this
             fraction of the teacher's (0 turns the gate off).
@@ -372,7 +374,9 @@ def run_distill(job: DistillJob) -> DistillOutcome:
     keep = select_layers(n_layers, job.prune_layers, job.layer_selection) if job.prune_layers else None
     spec = StudentSpec(source, keep)
     trained = train_student(spec, vectors.texts, vectors.vectors, job.train)
-    student_dir = trained.save(run_dir / "student")
+    # The candidate replaces ``student/`` (the source of the registered model) only once it passed.
+    candidate = trained.save(run_dir / "student.candidate")
+    student_dir = run_dir / "student"
     write_training_log(trained, run_dir)
     evals = trained.eval_losses
     extra = {
@@ -391,13 +395,33 @@ def run_distill(job: DistillJob) -> DistillOutcome:
     }
     teacher = cpu_embedder(job.teacher, job.train.threads)
     try:
-        path, report = register_student(student_dir, job.name, teacher, eval_set, job.min_ndcg_ratio,
-                                        extra, job.force, job.train.threads)
+        path, report = register_student(candidate, job.name, teacher, eval_set, job.min_ndcg_ratio,
+                                        extra, job.force, job.train.threads, source_label=str(student_dir))
     except QualityGateError as exc:
         exc.report.write(run_dir)
         raise
+    if student_dir.exists():
+        shutil.rmtree(student_dir)
+    candidate.rename(student_dir)
     write_training_log(trained, path)
     return DistillOutcome(path, report, run_dir, _vector_facts(vectors), trained.history)
+
+
+def holdout_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out and fitting rows of ``n`` texts (sorted by id): every ``round(1 / fraction)``-th row is held out.
+
+    A fixed rule rather than a random draw, so anyone can rebuild the split
+    from the Parquet file alone.
+
+    Raises:
+        ConfigError: Too few texts to fit on.
+    """
+    stride = max(2, round(1.0 / fraction))
+    rows = np.arange(n)
+    hold, fit = rows[rows % stride == 0], rows[rows % stride != 0]
+    if len(fit) < 2:
+        raise ConfigError("corpus", f"has {n} texts; too few to fit a projection and hold out {len(hold)}")
+    return hold, fit
 
 
 def _run_projection(job: DistillJob, vectors: TeacherVectors, eval_set: EvalSet, run_dir: Path) -> DistillOutcome:
@@ -409,12 +433,7 @@ def _run_projection(job: DistillJob, vectors: TeacherVectors, eval_set: EvalSet,
         raise ConfigError("name", f"projection {job.name!r} exists in {out_dir}; pass --force to replace it")
     S = student.embed(vectors.texts)
     T = vectors.vectors
-    n = len(T)
-    n_hold = max(1, round(n * job.holdout))
-    if n - n_hold < 2:
-        raise ConfigError("corpus", f"has {n} texts; too few to fit and hold out {n_hold}")
-    order = np.random.default_rng(job.train.seed).permutation(n)
-    hold, fit = order[:n_hold], order[n_hold:]
+    hold, fit = holdout_split(len(T), job.holdout)
     same_dim = S.shape[1] == T.shape[1]
     prior = np.eye(S.shape[1], dtype=np.float32) if same_dim else None
     W = fit_projection(S[fit], T[fit], job.ridge, prior)
@@ -423,7 +442,7 @@ def _run_projection(job: DistillJob, vectors: TeacherVectors, eval_set: EvalSet,
     report.cosine_mean, report.cosine_p1 = cosines["cosine_mean"], cosines["cosine_p1"]
     report.extra.update(
         mode="projection", ridge=job.ridge, prior="identity" if same_dim else "zero", n_fit=len(fit),
-        n_holdout=n_hold, holdout_cosines=cosines, min_ndcg_ratio=job.min_ndcg_ratio,
+        n_holdout=len(hold), holdout_cosines=cosines, min_ndcg_ratio=job.min_ndcg_ratio,
         teacher_vectors=_vector_facts(vectors), corpus=str(Path(job.corpus).resolve()),
     )
     try:
@@ -536,6 +555,7 @@ __all__ = [
     "TeacherVectors",
     "build_teacher_pipeline",
     "compute_teacher_vectors",
+    "holdout_split",
     "job_from_args",
     "register_cli",
     "run_distill",
