@@ -225,12 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true")
     q.set_defaults(func=_quantize)
 
-    for extra in _EXTRA_COMMANDS:
+    for extra in [*_lazy_commands(), *_EXTRA_COMMANDS]:
         extra(sub)
     return parser
 
 
-# Adapters register further subcommands here (worker, search, quantize...).
+def _lazy_commands() -> list[Callable[[Any], None]]:
+    """Subcommands defined next to their pipelines (their heavy imports stay lazy)."""
+    from sutra_embedder.pipelines.search import register_cli as search_cli
+
+    return [search_cli]
+
+
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
