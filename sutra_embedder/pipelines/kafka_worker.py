@@ -189,6 +189,9 @@ def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[A
         "broker_request_timeout": max(90.0, session * 2),
         "consumer_max_fetch_size": max_fetch,
         "producer_acks": -1,
+        # A delivery that cannot complete fails (and stops the worker, to be
+        # restarted) within minutes instead of Faust's default 20.
+        "producer_request_timeout": 120.0,
         "producer_linger_ms": 2,
         "producer_max_request_size": max(1024 * 1024, max_fetch),
         # On a rebalance, write and acknowledge everything read before handing over.

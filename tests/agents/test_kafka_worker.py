@@ -225,7 +225,7 @@ class Outputs:
 
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            isolation_level=isolation_level, reconnect_backoff_max_ms=1000,
+            isolation_level=isolation_level, reconnect_backoff_max_ms=1000, request_timeout_ms=20000,
         )
         self.out, self.dlq = out, dlq
         tps = [TopicPartition(out, 0), TopicPartition(dlq, 0)]
@@ -255,8 +255,9 @@ class Outputs:
             if worker is not None and worker.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
         missing = sorted(wanted - set(self.ids()))
-        raise AssertionError(f"{len(missing)} ids missing after {timeout:.0f}s, e.g. {missing[:5]}\n"
-                             + (worker.log_tail() if worker else ""))
+        raise AssertionError(f"{len(missing)} ids missing after {timeout:.0f}s, e.g. {missing[:5]}; "
+                             f"read {len(self.embeddings)} embeddings, {len(self.letters)} dead letters\n"
+                             + (worker.log_tail(120) if worker else ""))
 
     def wait_count(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
