@@ -63,10 +63,7 @@ class ModelManifest:
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
         data = dict(data)
         data["inputs"] = tuple(data.get("inputs", ("input_ids", "attention_mask")))
-        files = dict(data.get("files") or {})
-        if "default" not in files and "fp32" in files:  # manifests written before "default"
-            files["default"] = files.pop("fp32")
-        data["files"] = files or {"default": "model.onnx"}
+
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 

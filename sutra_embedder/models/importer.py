@@ -21,6 +21,10 @@ from sutra_embedder.core.manifest import ModelManifest, write_manifest
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever the graph this module writes changes; cached models of an older
+# version are rebuilt from their source when it is at hand.
+CONVERTER_VERSION = 3
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -109,7 +113,8 @@ def import_model(
             prompts=layout["prompts"],
             source=source_label or str(src),
             source_sha256=file_sha256(weights_file),
-            extra={"onnx_opset": 17, "layers": spec.layers, "heads": spec.heads, "fused": fused},
+            extra={"onnx_opset": 17, "layers": spec.layers, "heads": spec.heads, "fused": fused,
+                   "converter": CONVERTER_VERSION},
         )
         write_manifest(tmp, manifest)
         if dest.exists():

@@ -191,6 +191,19 @@ def import_into_cache(src: str | Path, name: str, force: bool = False) -> Path:
     return import_model(path, dest, name)
 
 
+def _outdated(model_dir: Path) -> bool:
+    """Whether a cached model was written by an older converter."""
+    import json
+
+    from .importer import CONVERTER_VERSION
+
+    try:
+        manifest = json.loads((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(manifest.get("extra", {}).get("converter") != CONVERTER_VERSION)
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -227,6 +240,8 @@ def ensure_model(name: str) -> Path:
     """
     cached = model_path(name)
     if (cached / MANIFEST_NAME).is_file():
+        if name in PROFILES and _outdated(cached) and locate_source(PROFILES[name]) is not None:
+            return import_into_cache(locate_source(PROFILES[name]), name, force=True)  # type: ignore[arg-type]
         return cached
     if name in PROFILES:
         src = locate_source(PROFILES[name])

@@ -93,3 +93,15 @@ def test_cls_and_unnormalised_pooling(minilm_source: Path, tmp_path: Path, st_mi
         hidden = st_minilm[0].auto_model(**tok).last_hidden_state[:, 0].numpy()
     np.testing.assert_allclose(ours, hidden, rtol=1e-4, atol=1e-4)
     assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0)
+
+
+def test_outdated_cached_profile_is_rebuilt(minilm_source: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUTRA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("sutra_embedder.models.registry.locate_source", lambda profile: minilm_source)
+    path = ensure_model("minilm")
+    manifest = json.loads((path / "sutra_manifest.json").read_text())
+    manifest["extra"]["converter"] = -1
+    (path / "sutra_manifest.json").write_text(json.dumps(manifest))
+    assert ensure_model("minilm") == path
+    assert load_manifest(path).extra["converter"] != -1
