@@ -60,7 +60,7 @@ class _WriteDoFn(beam.DoFn):  # type: ignore[misc]
         assert self._sink is not None
         for letter in self._sink.flush():
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS, WindowedValue(self._dead(letter), MAX_TIMESTAMP, [GlobalWindow()]))
+                DEAD_LETTERS, WindowedValue(self._dead(letter), MAX_TIMESTAMP, (GlobalWindow(),)))
 
     def teardown(self) -> None:
         if self._sink is not None:
