@@ -3,7 +3,8 @@
 1. Saturation: the same texts through ``Embedder.embed_records`` (the batch
    path) and through a :class:`StreamingEmbedder` fed as fast as it accepts
    records, timed alternately. Target: streaming >= 0.85x batch texts/s.
-2. End to end: a Kafka worker (a child process, the real ``kafka_worker``)
+2. Latency of the StreamingEmbedder alone at offered loads (fractions of the
+   saturation rate), then end to end: a Kafka worker (a child process, the real ``kafka_worker``)
    between two topics; records are produced at fixed rates (fractions of the
    measured saturation rate, open loop) and the latency from produce to the
    embedding being readable on the output topic is measured per record.
@@ -92,6 +93,37 @@ def saturation(emb: Embedder, texts: list[str], config: StreamingConfig, repeats
         "meets_target": ratio >= THROUGHPUT_TARGET,
         "stream_stats_last": stats[-1],
     }
+
+
+def engine_latency(emb: Embedder, texts: list[str], loads: list[float], saturation_rate: float,
+                   config: StreamingConfig, messages: int) -> list[dict[str, Any]]:
+    """Latency of the StreamingEmbedder alone (no Kafka) at the same offered loads."""
+
+    async def run(rate: float, batch: list[str]) -> np.ndarray:
+        engine = StreamingEmbedder(emb, config)
+        await engine.start()
+        start = time.perf_counter() + 0.05
+        futures = []
+        for i, text in enumerate(batch):  # open loop, as the end-to-end producer
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            futures.append(await engine.submit(text))
+        results = await asyncio.gather(*futures)
+        await engine.stop()
+        return np.array([r.latency_s for r in results]) * 1000.0
+
+    rows: list[dict[str, Any]] = []
+    for fraction in loads:
+        rate = fraction * saturation_rate
+        batch = [texts[(i * 7) % len(texts)] for i in range(max(10, messages))]
+        lat = asyncio.run(run(rate, batch))
+        row = {"load_fraction": fraction, "offered_per_s": round(rate, 2), "messages": len(batch),
+               **{f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)}}
+        rows.append(row)
+        print(f"  load {fraction:4.2f} ({rate:6.1f}/s): p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  "
+              f"p99 {row['p99_ms']} ms", flush=True)
+    return rows
 
 
 # -------------------------------------------------------------- end to end
@@ -207,7 +239,7 @@ def end_to_end(texts: list[str], rates: list[float], saturation_rate: float, mod
     reader = LatencyReader(broker.bootstrap, out)
     reader.start()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, acks=1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         warm = produce_at_rate(producer, source, texts[:20], 20.0, "warmup")
         if reader.wait_for(warm, timeout=180) < len(warm):
@@ -285,6 +317,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
         x = [r["offered_per_s"] for r in rows]
         for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
             ax.plot(x, [r[key] for r in rows], style, label=key.replace("_ms", ""))
+        engine = data.get("engine_latency") or []
+        if engine:
+            ax.plot([r["offered_per_s"] for r in engine], [r["p95_ms"] for r in engine], "s--", color="grey",
+                    alpha=0.7, label="p95, StreamingEmbedder alone")
         ax.axhline(LATENCY_TARGET_MS, color="grey", ls="--", lw=1, label=f"{LATENCY_TARGET_MS:.0f} ms target")
         ax.axvline(sat["stream_median"] / 3, color="#c44e52", ls=":", lw=1, label="1/3 saturation")
         ax.set_xlabel("offered load (messages / s)")
@@ -330,9 +366,13 @@ def main() -> None:
         "streaming_config": {k: v for k, v in config.__dict__.items()},
         "saturation": saturation(emb, texts, config, args.repeats),
     }
-    del emb  # free the cores for the worker
+    loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    saturation_rate = data["saturation"]["stream_median"]
+    print(f"engine alone: loads {loads} x {saturation_rate:.1f} texts/s", flush=True)
+    data["engine_latency"] = engine_latency(emb, texts, loads, saturation_rate, config,
+                                            min(args.messages, 150))
+    del emb  # free the memory for the worker
     if not args.skip_e2e:
-        loads = [float(x) for x in args.loads.split(",") if x.strip()]
         print(f"end to end: loads {loads} x {data['saturation']['stream_median']:.1f} texts/s", flush=True)
         data["end_to_end"] = end_to_end(texts, loads, data["saturation"]["stream_median"], model_dir, args)
     path = write_results(args.name, data)

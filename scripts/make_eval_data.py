@@ -160,10 +160,7 @@ def _quiet_import(name: str) -> types.ModuleType | None:
 
 def _public_name(dotted: str) -> bool:
     """Whether every component of a dotted module name is public and not a test."""
-    for part in dotted.split("."):
-        if part.startswith(("_", "test_")) or part in ("test", "tests"):
-            return False
-    return True
+    return not any(part.startswith(("_", "test_")) or part in ("test", "tests") for part in dotted.split("."))
 
 
 def iter_stdlib_modules() -> Iterator[types.ModuleType]:

@@ -231,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _lazy_commands() -> list[Callable[[Any], None]]:
-    """Subcommands defined next to their pipelines (their heavy imports stay lazy)."""
-    from sutra_embedder.pipelines.search import register_cli as search_cli
+    """Subcommands defined next to their pipelines; one whose module cannot load is left out."""
+    import importlib
 
-    return [search_cli]
+    commands = []
+    for module in ("search", "kafka_worker", "distill"):
+        try:
+            commands.append(importlib.import_module(f"sutra_embedder.pipelines.{module}").register_cli)
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            logging.getLogger(__name__).debug("sutra %s unavailable: %s", module, exc)
+    return commands
 
 
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []

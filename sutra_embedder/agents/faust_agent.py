@@ -264,7 +264,7 @@ class EmbeddingAgent:
         wait = max(0.0, self._last_commit + self.config.idle_commit_s - time.monotonic())
         try:
             return await asyncio.wait_for(pending.get(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def _ack_delivered(self, source: Any, delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]]) -> None:

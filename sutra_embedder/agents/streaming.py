@@ -406,7 +406,7 @@ class StreamingEmbedder:
             return await queue.get()
         try:
             return await asyncio.wait_for(queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def _run(self) -> None:

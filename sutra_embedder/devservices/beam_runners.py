@@ -40,7 +40,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -53,14 +52,17 @@ import time
 import types
 import urllib.parse
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sutra_embedder.cache import cache_dir
+from sutra_embedder.cache import exclusive_lock as _exclusive_lock
+
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = [
     "BEAM_VERSION",
@@ -167,19 +169,6 @@ class BeamToolingError(BeamRunnerError):
 # --------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Root of Sutra-Embedder's cache.
-
-    Returns:
-        ``$SUTRA_CACHE_DIR`` when that variable is set and not empty, else
-        ``~/.cache/sutra-embedder``. The directory is not created.
-    """
-    configured = os.environ.get("SUTRA_CACHE_DIR", "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "sutra-embedder"
-
-
 def beam_cache_dir(version: str | None = None) -> Path:
     """Directory holding the runner artifacts for one Beam version."""
     return cache_dir() / "beam" / (version or BEAM_VERSION)
@@ -188,23 +177,6 @@ def beam_cache_dir(version: str | None = None) -> Path:
 def _beam_jar_cache() -> Path:
     """Directory where Beam's Python SDK caches (and looks for) downloaded jars."""
     return Path.home() / ".apache_beam" / "cache" / "jars"
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an inter-process lock on ``path`` (a no-op where flock is missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX platforms
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _tail(text: str, lines: int = 40) -> str:

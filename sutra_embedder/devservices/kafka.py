@@ -41,10 +41,13 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Self
+
+from sutra_embedder.cache import cache_dir
+from sutra_embedder.cache import exclusive_lock as _exclusive_lock
 
 __all__ = [
     "KAFKA_VERSION",
@@ -90,19 +93,6 @@ class KafkaToolchainError(KafkaDevServiceError):
 # --------------------------------------------------------------------------
 # Jar cache
 # --------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Return the root directory for files cached by Sutra-Embedder.
-
-    Returns:
-        ``$SUTRA_CACHE_DIR`` when that variable is set and not empty,
-        otherwise ``~/.cache/sutra-embedder``. The directory is not created.
-    """
-    configured = os.environ.get("SUTRA_CACHE_DIR", "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "sutra-embedder"
 
 
 def _pom_xml(version: str) -> str:
@@ -160,23 +150,6 @@ def _libs_complete(libs: Path) -> bool:
     names = [line.strip() for line in marker.read_text("utf-8").splitlines()]
     names = [name for name in names if name]
     return bool(names) and all((libs / name).is_file() for name in names)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an inter-process lock on ``path`` where the platform supports it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX platforms
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _tail(text: str, lines: int = 40) -> str:

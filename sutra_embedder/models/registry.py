@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sutra_embedder.cache import cache_dir
 from sutra_embedder.core.errors import ModelNotFoundError
 from sutra_embedder.core.manifest import MANIFEST_NAME, ModelManifest, load_manifest
 
@@ -61,15 +62,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 DEFAULT_PROFILE = "minilm"
-
-
-def cache_dir() -> Path:
-    """Root of the cache (``$SUTRA_CACHE_DIR``, else ``$XDG_CACHE_HOME/sutra-embedder``)."""
-    env = os.environ.get("SUTRA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "sutra-embedder"
 
 
 def models_dir() -> Path:
