@@ -37,7 +37,8 @@ def _decode(kv: tuple[bytes | None, bytes | None], topic: str) -> Any:
 
 
 def _encode(row: EmbeddingRow, model: str) -> tuple[bytes, bytes]:
-    msg = encode_embedding(row.id, np.asarray(row.vector, dtype=np.float32), model=model, n_tokens=row.n_tokens, n_chunks=row.n_chunks,
+    vector = np.asarray(row.vector, dtype=np.float32)
+    msg = encode_embedding(row.id, vector, model=model, n_tokens=row.n_tokens, n_chunks=row.n_chunks,
                            metadata=metadata_dict(row) or None)
     return (msg.key or b"", msg.value)
 
