@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true")
     q.set_defaults(func=_quantize)
 
-    for extra in [*_lazy_commands(), *_EXTRA_COMMANDS]:
-        extra(sub)
+    for register in _lazy_commands():
+        register(sub)
     return parser
 
 
@@ -241,9 +241,6 @@ def _lazy_commands() -> list[Callable[[Any], None]]:
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             logging.getLogger(__name__).debug("sutra %s unavailable: %s", module, exc)
     return commands
-
-
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from sutra_embedder.models.distill import (
     select_layers,
     train_student,
 )
-from sutra_embedder.pipelines.distill import DistillJob, register_cli
+from sutra_embedder.pipelines.distill import DistillJob
 from tests.fixtures.models import REPO, read_jsonl
 
 N_TEXTS = 64
@@ -58,13 +58,7 @@ class Run:
 
 
 def _main(argv: list[str]) -> int:
-    extra = cli._EXTRA_COMMANDS
-    if register_cli not in extra:  # until the command line registers it itself
-        cli._EXTRA_COMMANDS = [*extra, register_cli]
-    try:
-        return cli.main(argv)
-    finally:
-        cli._EXTRA_COMMANDS = extra
+    return cli.main(argv)
 
 
 def _eval_args(run: Run) -> list[str]:
