@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if [ "$profile" = dev ]; then
-  pip install -e ".[beam,faust,kafka,postgres,lancedb,metrics,dev]"
+  pip install -e ".[beam,faust,kafka,postgres,lancedb,metrics,convert,dev]"
 else
   pip install -e .
 fi
