@@ -33,3 +33,15 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def find_java() -> str | None:
+    """The ``java`` launcher: ``$JAVA_HOME/bin/java`` first (as Beam does), else ``java`` on PATH."""
+    import shutil
+
+    java_home = os.environ.get("JAVA_HOME", "").strip()
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("java")

@@ -58,7 +58,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sutra_embedder.cache import cache_dir
+from sutra_embedder.cache import cache_dir, find_java
 from sutra_embedder.cache import exclusive_lock as _exclusive_lock
 
 if TYPE_CHECKING:
@@ -192,12 +192,8 @@ def _require_tool(name: str, purpose: str) -> str:
 
 def _java_executable() -> str:
     """The ``java`` launcher (``$JAVA_HOME/bin/java`` first, as Beam does)."""
-    java_home = os.environ.get("JAVA_HOME", "").strip()
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return _require_tool("java", "to run Beam's Flink job server and Java expansion services (Java 11 or 17)")
+    return find_java() or _require_tool(
+        "java", "to run Beam's Flink job server and Java expansion services (Java 11 or 17)")
 
 
 # --------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Self
 
-from sutra_embedder.cache import cache_dir
+from sutra_embedder.cache import cache_dir, find_java
 from sutra_embedder.cache import exclusive_lock as _exclusive_lock
 
 __all__ = [
@@ -236,12 +236,7 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
 
 def _java_executable() -> str:
     """Locate the ``java`` launcher, preferring ``$JAVA_HOME``."""
-    java_home = os.environ.get("JAVA_HOME", "").strip()
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("java")
+    found = find_java()
     if found is None:
         raise KafkaToolchainError(
             "A Java runtime ('java', version 17 or newer) is needed to run the "
