@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,6 +26,7 @@ from sutra_embedder.models.distill import (
     export_student,
     fit_projection,
     jl_head,
+    pruned_student,
     select_layers,
     train_student,
 )
@@ -247,6 +249,23 @@ def test_head_is_exported_into_the_graph(tmp_path: Path, minilm_source: Path) ->
     torch.set_num_threads(2)
     ref = SentenceTransformer(str(student_dir), device="cpu").encode(texts[:5])
     assert got.shape == (5, 48) and np.abs(got - ref).max() < 1e-4
+
+
+def test_pruned_copy_matches_sentence_transformers_with_layers_dropped(tmp_path: Path, minilm_source: Path) -> None:
+    """The numpy-only pruning (no training) against torch: the same layers removed from the real model."""
+    torch = pytest.importorskip("torch")
+    from sentence_transformers import SentenceTransformer
+
+    keep = (0, 2, 5)
+    student_dir = pruned_student(StudentSpec(minilm_source, keep)).save(tmp_path / "pruned")
+    model_dir = export_student(student_dir, tmp_path / "model", "pruned")
+    assert load_manifest(model_dir).extra["layers"] == 3
+    torch.set_num_threads(2)
+    st = SentenceTransformer(str(minilm_source), device="cpu")
+    encoder: Any = st[0].auto_model.encoder  # type: ignore[union-attr]
+    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
+    texts = [r["text"] for r in read_jsonl(REPO / "examples/corpus.jsonl")[:6]]
+    assert np.abs(_truncating(str(model_dir)).embed(texts) - st.encode(texts)).max() < 1e-4
 
 
 # ------------------------------------------------------------------------------ reproducibility, config
