@@ -19,6 +19,22 @@ How offsets stay safe:
   itself commits (offsets and outputs in one transaction) at least every
   ``commit_interval_s`` and whenever it has caught up. Outputs appear
   exactly once to consumers reading with ``isolation_level=read_committed``.
+* On every rebalance, the open transactions of revoked partitions are
+  aborted once Faust has committed what it could. Faust forgets a revoked
+  partition's acknowledgements before that last commit, and when this worker
+  is assigned the same partition again Faust reuses the still-open
+  transaction: outputs written before the rebalance would be committed next
+  to their copies embedded again from the committed offset.
+* Exactly-once also fences the previous owner of a partition by offset: when
+  a partition is assigned, its transactional producer is started first (which
+  aborts or completes the previous owner's open transaction), then the
+  partition's committed offset is read with ``require_stable`` (so an offset
+  whose transaction is still being completed is waited for, not read stale).
+  Messages below it were already written in a committed transaction: they are
+  acknowledged without output and counted as ``already_committed``. Without
+  this, a consumer that reads the committed offset while the previous
+  owner's last commit is still being written starts from the older offset and
+  writes those outputs a second time.
 * Results complete in input order, so the committed offset never passes a
   message whose output is not written yet.
 * When partitions move to another worker, Faust waits until every message
@@ -26,6 +42,16 @@ How offsets stay safe:
 * An error in the agent stops the worker process (Faust's crashing
   supervisor) rather than restarting the agent in place: the restarted worker
   reads again from the committed offsets, so no message is skipped.
+
+With a store sink (Postgres + pgvector, LanceDB, rolling Parquet: any
+:class:`~sutra_embedder.connectors.sinks.Sink`) the embeddings are upserted by
+id instead of produced to a topic. The store runs on its own thread behind a
+bounded queue (:class:`~sutra_embedder.connectors.sinks.AsyncSink`): a slow
+store makes the agent wait instead of buffering without bound. Messages are
+acknowledged only after the store confirmed a flush that covers them, so
+offsets are never committed ahead of durable rows; a replay after a crash
+upserts the same ids again and leaves one row per id. Rows the store refuses
+(wrong dimension, another model) become dead letters with stage ``write``.
 
 Inference runs in a worker thread: the event loop keeps heartbeating while
 the model runs, so long batches do not trigger rebalances.
@@ -36,21 +62,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from sutra_embedder.connectors.kafka import (
     DecodeOptions,
+    KafkaConnection,
     KafkaMessage,
     OutputFormat,
     check_topic,
     decode_message,
     encode_dead_letter,
     encode_embedding,
+    require_kafka_python,
 )
 from sutra_embedder.connectors.records import DeadLetter, InputRecord
+from sutra_embedder.connectors.sinks import AsyncSink, EmbeddingRow, make_sink
 from sutra_embedder.core.config import PRECISIONS, EmbedderConfig, Precision
 from sutra_embedder.core.embedder import Embedder
 from sutra_embedder.core.errors import ConfigError
@@ -61,6 +90,7 @@ from .streaming import StreamingConfig, StreamingEmbedder, StreamingStats, Strea
 log = logging.getLogger(__name__)
 
 FAUST_EXTRA = "pip install 'sutra-embedder[faust]'"
+STORE_SCHEMES = ("postgresql", "postgres", "pgvector+postgresql", "pgvector", "lancedb", "lance", "parquet")
 
 
 def require_faust() -> ModuleType:
@@ -139,6 +169,9 @@ class AgentCounters:
     dead_letters: int = 0
     dead_letters_by_kind: dict[str, int] = field(default_factory=dict)
     transactions: int = 0
+    already_committed: int = 0
+    aborted_transactions: int = 0
+    stored: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,12 +180,58 @@ class AgentCounters:
             "dead_letters": self.dead_letters,
             "dead_letters_by_kind": dict(self.dead_letters_by_kind),
             "transactions": self.transactions,
+            "already_committed": self.already_committed,
+            "aborted_transactions": self.aborted_transactions,
+            "stored": self.stored,
         }
+
+
+class CommittedOffsets:
+    """Reads a consumer group's committed offsets as exactly-once needs them.
+
+    The read asks the broker for *stable* offsets (``require_stable``, sent by
+    kafka-python when its consumer reads ``read_committed``): while a
+    transaction that commits offsets of the partition is still being
+    completed, the broker answers "unstable" and the read is retried, instead
+    of returning the older offset. The client never joins the group.
+
+    Args:
+        connection: The Kafka cluster.
+        group_id: The consumer group (the Faust app id).
+    """
+
+    def __init__(self, connection: KafkaConnection, group_id: str) -> None:
+        self.connection = connection
+        self.group_id = group_id
+        self._consumer: Any = None
+
+    def __call__(self, topic: str, partition: int) -> int:
+        """The committed offset of one partition (0 when the group never committed it). Blocking."""
+        kafka = require_kafka_python()
+        if self._consumer is None:
+            self._consumer = kafka.KafkaConsumer(
+                group_id=self.group_id, enable_auto_commit=False, isolation_level="read_committed",
+                **self.connection.kafka_python_kwargs(),
+            )
+        committed = self._consumer.committed(kafka.TopicPartition(topic, partition), timeout_ms=60_000)
+        return int(committed) if committed is not None else 0
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class _AlreadyCommitted:
+    """Marks a message whose output a committed transaction already holds."""
+
+
+_ALREADY_COMMITTED = _AlreadyCommitted()
 
 
 # An entry of the ordered pipeline: the event, and its record's future (None
 # for a message that is already a dead letter).
-_Pending = tuple[Any, "InputRecord | DeadLetter", "asyncio.Future[StreamResult] | None"]
+_Pending = tuple[Any, "InputRecord | DeadLetter | _AlreadyCommitted", "asyncio.Future[StreamResult] | None"]
 
 
 class EmbeddingAgent:
@@ -164,17 +243,30 @@ class EmbeddingAgent:
         embedder: The shared embedder.
         engine: The streaming embedder (``None`` until the agent runs).
         counters: Messages received and written.
+        store: The store sink, when embeddings go to a store instead of a topic.
+        output_topic: The topic of the embeddings (``None`` with a store sink).
     """
 
     def __init__(
         self,
         app: Any,
         embedder: Embedder,
-        output_topic: str,
+        output_topic: str | None,
         config: AgentConfig,
         calibration: CalibrationRanges | None,
+        committed_offsets: Callable[[str, int], int] | None = None,
+        store: AsyncSink | None = None,
     ) -> None:
+        if (output_topic is None) == (store is None):
+            raise ConfigError("sink", "give either an output topic or a store sink")
         self.app = app
+        self.store = store
+        # Called with every StreamResult (metrics); must be cheap and not raise.
+        self.result_observers: list[Callable[[StreamResult], None]] = []
+        self.committed_offsets = committed_offsets
+        # Exactly-once: per assigned partition, the stable committed offset read
+        # after the partition's producer fenced the previous owner.
+        self._floors: dict[tuple[str, int], int] = {}
         self.embedder = embedder
         self.output_topic = output_topic
         self.config = config
@@ -184,6 +276,11 @@ class EmbeddingAgent:
         self.agent: Any = None
         self._last_commit = time.monotonic()
         self._uncommitted = 0
+        self._rows: list[EmbeddingRow] = []
+        self._row_events: list[Any] = []
+        self._rejected: list[Awaitable[Any]] = []
+        self._handed = 0  # rows given to the store
+        self._store_rejected = 0  # of which the store refused
 
     @property
     def transactional(self) -> bool:
@@ -208,8 +305,12 @@ class EmbeddingAgent:
             maxsize=self.config.max_pending
         )
         source = stream.noack()
+        if self.store is not None:
+            await self.store.open()
         tasks = [asyncio.ensure_future(self._complete(source, pending, delivered))]
-        if not self.transactional:
+        if self.store is not None:
+            tasks.append(asyncio.ensure_future(self._ack_after_flush(source, delivered)))
+        elif not self.transactional:
             tasks.append(asyncio.ensure_future(self._ack_delivered(source, delivered)))
         reader = asyncio.ensure_future(self._read(source, engine, pending))
         try:
@@ -221,12 +322,75 @@ class EmbeddingAgent:
                 task.cancel()
             await asyncio.gather(reader, *tasks, return_exceptions=True)
             await engine.stop(drain=False)
+            if self.store is not None:
+                # Rows not yet flushed belong to unacknowledged messages: they are
+                # read again after a restart and upserted then.
+                await self.store.close()
+            close = getattr(self.committed_offsets, "close", None)
+            if close is not None:
+                close()
+
+    def forget_partitions(self, tps: Iterable[Any]) -> None:
+        """Drop the offset floors of revoked partitions (called on every rebalance)."""
+        for tp in tps:
+            self._floors.pop((tp.topic, tp.partition), None)
+
+    def _transactional_id(self, topic: str, partition: int) -> str:
+        from faust.transport.consumer import TopicPartitionGroup
+
+        group = self.app.assignor.group_for_topic(topic)
+        return str(self.app.consumer.transactions.transactional_id_format.format(
+            tpg=TopicPartitionGroup(topic, partition, group), group_id=self.app.conf.id))
+
+    async def abort_open_transactions(self, revoked: Iterable[Any]) -> int:
+        """Abort the transactions of revoked partitions that are still open.
+
+        Called at the end of a revocation, after Faust has written, acknowledged
+        and committed what it could. Faust forgets a revoked partition's
+        acknowledgements *before* that commit, so outputs written for them can
+        be left in an open transaction whose offsets were never committed. The
+        partition's messages are read again from its committed offset (by this
+        worker if it keeps the partition, else by the new owner), so those
+        outputs must not survive: when this worker keeps the partition, Faust
+        reuses the open transaction and would commit them next to their
+        re-embedded copies. Returns how many transactions were aborted.
+        """
+        if not self.transactional:
+            return 0
+        producer = self.app.producer
+        open_producers = getattr(producer, "_transaction_producers", {})
+        aborted = 0
+        for tp in revoked:
+            tid = self._transactional_id(tp.topic, tp.partition)
+            txn = getattr(open_producers.get(tid), "_txn_manager", None)
+            if txn is not None and txn.is_in_transaction():
+                await producer.abort_transaction(tid)
+                aborted += 1
+        if aborted:
+            log.info("aborted %d open transaction(s) of revoked partitions", aborted)
+        self.counters.aborted_transactions += aborted
+        return aborted
+
+    async def _floor(self, topic: str, partition: int) -> int:
+        key = (topic, partition)
+        floor = self._floors.get(key)
+        if floor is None:
+            assert self.committed_offsets is not None
+            loop = asyncio.get_running_loop()
+            floor = await loop.run_in_executor(None, self.committed_offsets, topic, partition)
+            self._floors[key] = floor
+            log.info("partition %s-%s resumes above committed offset %d", topic, partition, floor)
+        return floor
 
     async def _read(self, source: Any, engine: StreamingEmbedder, pending: asyncio.Queue[_Pending]) -> None:
         decode = self.config.decode
+        fence = self.transactional and self.committed_offsets is not None
         async for event in source.events():
             message = event.message
             self.counters.received += 1
+            if fence and message.offset < await self._floor(message.topic, message.partition):
+                await pending.put((event, _ALREADY_COMMITTED, None))
+                continue
             item = decode_message(message.key, message.value, message.topic, message.partition,
                                   message.offset, decode)
             future = await engine.submit(item) if isinstance(item, InputRecord) else None
@@ -245,7 +409,20 @@ class EmbeddingAgent:
                 await self._commit_transaction()
                 continue
             event, item, future = entry
-            topic, message = self._output_for(item, await future if future is not None else None)
+            if isinstance(item, _AlreadyCommitted):
+                self.counters.already_committed += 1
+                await self._write_in_transaction(source, event, None, None)
+                continue
+            result = await future if future is not None else None
+            if result is not None:
+                for observe in self.result_observers:
+                    observe(result)
+            if self.store is not None and result is not None and result.ok:
+                await self._store_row(result, event, delivered, flush_now=pending.empty())
+                continue
+            if self.store is not None:
+                await self._store_row(None, None, delivered, flush_now=True)  # keep acks in input order
+            topic, message = self._output_for(item, result)
             if transactional:
                 await self._write_in_transaction(source, event, topic, message)
                 self._uncommitted += 1
@@ -257,6 +434,96 @@ class EmbeddingAgent:
                 await delivered.put((event, _done_future()))
             else:
                 await delivered.put((event, await self._send(topic, message, event)))
+
+    # ------------------------------------------------------------ store sink
+    async def _store_row(
+        self, result: StreamResult | None, event: Any,
+        delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]], flush_now: bool,
+    ) -> None:
+        """Buffer one embedded row; hand the buffer to the store when full or caught up.
+
+        The messages of the rows go to ``delivered`` only once the store has
+        the rows, so the acknowledging task (which flushes the store first)
+        never acknowledges a message whose row the store has not seen.
+        """
+        assert self.store is not None
+        if result is not None:
+            assert result.vector is not None
+            self.counters.embedded += 1
+            record = result.record
+            message = event.message
+            self._rows.append(EmbeddingRow(
+                id=record.id, vector=result.vector, n_tokens=result.n_tokens, n_chunks=result.n_chunks,
+                metadata=record.metadata, model=self.embedder.model_id, offset=message.offset,
+                partition=f"{message.topic}-{message.partition}", source=record.source,
+            ))
+            self._row_events.append(event)
+        if self._rows and (flush_now or len(self._rows) >= self.config.max_pending):
+            rows, events = self._rows, self._row_events
+            self._rows, self._row_events = [], []
+            self._handed += len(rows)
+            self._rejected += await self._dead_letters(await self.store.write(rows))
+            for ev in events:
+                await delivered.put((ev, _DONE))
+
+    async def _dead_letters(self, letters: list[DeadLetter]) -> list[Awaitable[Any]]:
+        """Count rows the store refused and send them to the dead-letter topic."""
+        deliveries: list[Awaitable[Any]] = []
+        for letter in letters:
+            self.counters.embedded -= 1
+            self._store_rejected += 1
+            self._count_dead(letter)
+            topic = self.config.dead_letter_topic
+            if topic is None:
+                log.warning("dead letter %s from %s (%s/%s): %s", letter.id, letter.source, letter.stage,
+                            letter.kind, letter.error)
+            else:
+                deliveries.append(await self._send(topic, encode_dead_letter(letter), None))
+        return deliveries
+
+    async def _ack_after_flush(self, source: Any, delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]]) -> None:
+        """Acknowledge messages in order, each after a store flush that covers its row.
+
+        Flushes when ``commit_every`` messages wait, when the oldest waited
+        ``commit_interval_s``, or ``idle_commit_s`` after the agent caught up.
+        """
+        assert self.store is not None
+        cfg = self.config
+        waiting: list[tuple[Any, Awaitable[Any]]] = []
+        oldest = 0.0
+        while True:
+            timeout: float | None = None
+            if waiting:
+                now = time.monotonic()
+                timeout = max(0.0, min(oldest + cfg.commit_interval_s - now, cfg.idle_commit_s))
+            try:
+                entry = await asyncio.wait_for(delivered.get(), timeout)
+            except TimeoutError:
+                entry = None
+            if entry is not None:
+                if not waiting:
+                    oldest = time.monotonic()
+                waiting.append(entry)
+                if len(waiting) < cfg.commit_every and time.monotonic() - oldest < cfg.commit_interval_s:
+                    continue
+            if not waiting:
+                continue
+            handed = self._handed
+            rejected = self._rejected + await self._dead_letters(await self.store.flush())
+            self._rejected = []
+            for delivery in rejected:
+                await delivery
+            self.counters.stored = max(self.counters.stored, handed - self._store_rejected)
+            for event, delivery in waiting:
+                await delivery  # a failed delivery crashes the agent: its offset is never committed
+                await source.ack(event)
+            log.debug("flushed the store and acknowledged %d messages", len(waiting))
+            waiting = []
+
+    def _count_dead(self, letter: DeadLetter) -> None:
+        self.counters.dead_letters += 1
+        by_kind = self.counters.dead_letters_by_kind
+        by_kind[letter.kind] = by_kind.get(letter.kind, 0) + 1
 
     async def _next_pending(self, pending: asyncio.Queue[_Pending]) -> _Pending | None:
         if not self._uncommitted or not pending.empty():
@@ -286,7 +553,7 @@ class EmbeddingAgent:
     ) -> tuple[str | None, KafkaMessage]:
         model = self.embedder.model_id
         if result is not None and result.ok:
-            assert result.vector is not None
+            assert result.vector is not None and self.output_topic is not None
             self.counters.embedded += 1
             record = result.record
             return self.output_topic, encode_embedding(
@@ -297,9 +564,7 @@ class EmbeddingAgent:
             )
         letter = result.dead_letter(model) if result is not None else item
         assert isinstance(letter, DeadLetter)
-        self.counters.dead_letters += 1
-        by_kind = self.counters.dead_letters_by_kind
-        by_kind[letter.kind] = by_kind.get(letter.kind, 0) + 1
+        self._count_dead(letter)
         if self.config.dead_letter_topic is None:
             log.warning("dead letter %s from %s (%s/%s): %s", letter.id, letter.source, letter.stage,
                         letter.kind, letter.error)
@@ -307,7 +572,7 @@ class EmbeddingAgent:
         return self.config.dead_letter_topic, encode_dead_letter(letter)
 
     async def _write_in_transaction(
-        self, source: Any, event: Any, topic: str | None, message: KafkaMessage
+        self, source: Any, event: Any, topic: str | None, message: KafkaMessage | None
     ) -> None:
         """Write one output into the input partition's transaction and acknowledge its input.
 
@@ -327,7 +592,7 @@ class EmbeddingAgent:
         latch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         consumer._commit_fut = latch
         try:
-            if topic is not None:
+            if topic is not None and message is not None:
                 await self._send(topic, message, event)
             await source.ack(event)
         finally:
@@ -339,16 +604,11 @@ class EmbeddingAgent:
         """Hand one message to the producer; returns its delivery future."""
         app = self.app
         transactional_id = None
-        if self.transactional:
+        if self.transactional and event is not None:
             # The transaction of the input partition: Faust commits that
             # partition's offsets in it.
             tp = event.message.tp
-            from faust.transport.consumer import TopicPartitionGroup
-
-            group = app.assignor.group_for_topic(tp.topic)
-            transactional_id = app.consumer.transactions.transactional_id_format.format(
-                tpg=TopicPartitionGroup(tp.topic, tp.partition, group), group_id=app.conf.id
-            )
+            transactional_id = self._transactional_id(tp.topic, tp.partition)
         result: Awaitable[Any] = await app.producer.send(
             topic, message.key, message.value, None, None, message.headers or None,
             transactional_id=transactional_id,
@@ -356,10 +616,26 @@ class EmbeddingAgent:
         return result
 
 
+class _Done:
+    """An awaitable that is already complete (a message with nothing to deliver)."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE = _Done()
+
+
 def _done_future() -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_result(None)
     return future
+
+
+def is_store_uri(sink: str) -> bool:
+    """Whether a sink string names a store (``postgresql://``, ``lancedb://``...) rather than a topic."""
+    scheme, sep, _ = sink.partition(":")
+    return bool(sep) and scheme.lower() in STORE_SCHEMES
 
 
 def embedding_agent(
@@ -371,6 +647,8 @@ def embedding_agent(
     embedder: Embedder | None = None,
     embedder_config: EmbedderConfig | None = None,
     calibration: CalibrationRanges | None = None,
+    connection: KafkaConnection | None = None,
+    max_pending_rows: int = 4096,
 ) -> EmbeddingAgent:
     """Register an embedding agent on a Faust app.
 
@@ -380,11 +658,18 @@ def embedding_agent(
         app: The ``faust.App``. Its ``processing_guarantee`` chooses between
             at-least-once and exactly-once delivery.
         source_topic: Input topic name (or a Faust topic with raw serializers).
-        sink: Output topic name, ``"kafka:<topic>"``, or a Faust topic.
+        sink: Output topic name, ``"kafka:<topic>"``, a Faust topic, a store
+            URI (``postgresql://...?table=docs``, ``lancedb:///path?table=docs``,
+            ``parquet:///path``), or a :class:`~sutra_embedder.connectors.sinks.Sink`
+            or :class:`~sutra_embedder.connectors.sinks.AsyncSink`.
         config: Agent settings.
         embedder: A loaded embedder to share; built from ``embedder_config`` otherwise.
         embedder_config: Settings for a new embedder.
         calibration: Ranges for int8/uint8 output precision.
+        connection: The cluster (with its credentials) for reading committed
+            offsets under exactly-once; default: the app's brokers, plaintext.
+        max_pending_rows: With a store sink: rows queued for the store before
+            the agent waits (backpressure).
 
     Returns:
         The agent's state (its ``agent`` attribute is the Faust agent).
@@ -398,13 +683,29 @@ def embedding_agent(
     """
     require_faust()
     cfg = config or AgentConfig()
-    if isinstance(sink, str):
+    eos = str(getattr(app.conf.processing_guarantee, "value", app.conf.processing_guarantee)) == "exactly_once"
+    emb = embedder or Embedder(embedder_config or EmbedderConfig())
+    output_topic: str | None = None
+    store: AsyncSink | None = None
+    if isinstance(sink, AsyncSink):
+        store = sink
+    elif isinstance(sink, str) and is_store_uri(sink):
+        store = AsyncSink(make_sink(sink, emb.dim, emb.model_id), max_pending_rows=max_pending_rows)
+    elif isinstance(sink, str):
         output_topic = sink.removeprefix("kafka:")
-    else:
+    elif hasattr(sink, "get_topic_name"):
         output_topic = sink.get_topic_name()
-    check_topic("sink", output_topic)
-    if output_topic == cfg.dead_letter_topic:
-        raise ConfigError("dead_letter_topic", "must differ from the output topic")
+    else:
+        store = AsyncSink(sink, max_pending_rows=max_pending_rows)
+    if store is not None and eos:
+        raise ConfigError(
+            "processing_guarantee",
+            "exactly_once applies to Kafka outputs; a store sink upserts by id, so at_least_once already "
+            "leaves one row per id: use at_least_once with a store sink")
+    if output_topic is not None:
+        check_topic("sink", output_topic)
+        if output_topic == cfg.dead_letter_topic:
+            raise ConfigError("dead_letter_topic", "must differ from the output topic")
     if cfg.precision in ("int8", "uint8") and calibration is None:
         raise ConfigError("calibration", f"precision {cfg.precision} needs calibration ranges")
     if isinstance(source_topic, str):
@@ -415,8 +716,18 @@ def embedding_agent(
                             key_serializer="raw", value_serializer="raw")
     else:
         channel = source_topic
-    emb = embedder or Embedder(embedder_config or EmbedderConfig())
-    handle = EmbeddingAgent(app, emb, output_topic, cfg, calibration)
+    committed = None
+    if eos:
+        if connection is None:
+            connection = KafkaConnection(",".join(f"{u.host}:{u.port or 9092}" for u in app.conf.broker))
+        committed = CommittedOffsets(connection, app.conf.id)
+    handle = EmbeddingAgent(app, emb, output_topic, cfg, calibration, committed, store)
+
+    async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        handle.forget_partitions(revoked)
+        await handle.abort_open_transactions(revoked)
+
+    app.on_partitions_revoked.connect(forget_revoked)
 
     async def sutra_embed(stream: Any) -> None:
         await handle.process(stream)
@@ -434,7 +745,10 @@ __all__ = [
     "FAUST_EXTRA",
     "AgentConfig",
     "AgentCounters",
+    "CommittedOffsets",
     "EmbeddingAgent",
     "embedding_agent",
+    "is_store_uri",
     "require_faust",
 ]
+

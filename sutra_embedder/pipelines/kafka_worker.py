@@ -4,7 +4,12 @@ Run it::
 
     python -m sutra_embedder.pipelines.kafka_worker --brokers 127.0.0.1:9092 \\
         --source texts --sink kafka:vectors --dead-letter-topic texts-dlq \\
-        [--processing-guarantee at_least_once|exactly_once]
+        [--processing-guarantee at_least_once|exactly_once] [--metrics-port 9108]
+
+``--sink`` is ``kafka:TOPIC`` or a store: ``postgresql://user@host/db?table=docs``
+(libpq reads the password from ``$PGPASSWORD`` or the URI), ``lancedb:///path?table=docs``
+or ``parquet:///path``. A store sink upserts by id and is flushed before the
+input offsets are committed (at_least_once; a replay leaves one row per id).
 
 or, once registered with the CLI, ``sutra worker ...`` with the same options.
 Input and output messages follow :mod:`sutra_embedder.connectors.kafka`.
@@ -31,11 +36,19 @@ import logging
 import os
 import ssl
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from sutra_embedder.agents.faust_agent import AgentConfig, EmbeddingAgent, embedding_agent, require_faust
+from sutra_embedder.agents.faust_agent import (
+    STORE_SCHEMES,
+    AgentConfig,
+    EmbeddingAgent,
+    embedding_agent,
+    is_store_uri,
+    require_faust,
+)
 from sutra_embedder.agents.streaming import StreamingConfig
 from sutra_embedder.connectors.kafka import (
     OUTPUT_FORMATS,
@@ -45,6 +58,7 @@ from sutra_embedder.connectors.kafka import (
     KafkaConnection,
     check_topic,
 )
+from sutra_embedder.connectors.sinks import redact_uri
 from sutra_embedder.core.config import PRECISIONS, EmbedderConfig
 from sutra_embedder.core.embedder import Embedder
 from sutra_embedder.core.errors import ConfigError, SutraError
@@ -62,15 +76,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _EOS_TIMER_COMMIT_S = 24 * 3600.0
 
 
-def parse_sink(sink: str) -> str:
-    """The output topic of a ``kafka:<topic>`` sink.
+def parse_sink(sink: str) -> str | None:
+    """The output topic of a ``kafka:<topic>`` sink; ``None`` for a store URI.
 
     Raises:
-        ConfigError: Another scheme, or not a topic name.
+        ConfigError: An unknown scheme, or not a topic name.
     """
+    if is_store_uri(sink):
+        return None
     scheme, sep, target = sink.partition(":")
     if not sep or scheme not in SINK_SCHEMES:
-        raise ConfigError("sink", f"got {sink!r}; expected one of: " + ", ".join(f"{s}:TOPIC" for s in SINK_SCHEMES))
+        raise ConfigError("sink", f"got {redact_uri(sink)!r}; expected kafka:TOPIC or a store URI with one of the "
+                          f"schemes {', '.join(STORE_SCHEMES)}")
     check_topic("sink", target)
     return target
 
@@ -94,6 +111,11 @@ class WorkerConfig:
         stats_interval_s: Log throughput and latency this often (0: never).
         web_port: Serve Faust's web endpoints on 127.0.0.1 at this port (None: off).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        metrics_port: Serve Prometheus metrics on ``metrics_host:metrics_port``
+            at ``/metrics`` (None: off; 0: any free port).
+        metrics_host: Address the metrics endpoint binds to.
+        sink_max_pending_rows: Store sinks: rows queued for the store before
+            the worker stops reading (backpressure).
     """
 
     connection: KafkaConnection
@@ -108,6 +130,9 @@ class WorkerConfig:
     stats_interval_s: float = 30.0
     web_port: int | None = None
     log_level: str = "warning"
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    sink_max_pending_rows: int = 4096
 
     def __post_init__(self) -> None:
         if not isinstance(self.connection, KafkaConnection):
@@ -116,6 +141,11 @@ class WorkerConfig:
         output = parse_sink(self.sink)
         if output == self.source_topic:
             raise ConfigError("sink", "must differ from the source topic")
+        if output is None and self.processing_guarantee == "exactly_once":
+            raise ConfigError(
+                "processing_guarantee",
+                "exactly_once applies to a kafka: sink; a store sink upserts by id, so at_least_once already "
+                "leaves one row per id")
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ConfigError(
                 "processing_guarantee",
@@ -133,11 +163,22 @@ class WorkerConfig:
             isinstance(self.web_port, bool) or not isinstance(self.web_port, int) or not 0 < self.web_port < 65536
         ):
             raise ConfigError("web_port", f"must be a port number or None, got {self.web_port!r}")
+        if self.metrics_port is not None and (
+            isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int)
+            or not 0 <= self.metrics_port < 65536
+        ):
+            raise ConfigError("metrics_port", f"must be a port number (0: any free port) or None, got "
+                              f"{self.metrics_port!r}")
+        if isinstance(self.sink_max_pending_rows, bool) or not isinstance(self.sink_max_pending_rows, int) \
+                or self.sink_max_pending_rows < 1:
+            raise ConfigError("sink_max_pending_rows",
+                              f"must be a positive integer, got {self.sink_max_pending_rows!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"got {self.log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
 
     @property
-    def output_topic(self) -> str:
+    def output_topic(self) -> str | None:
+        """The topic of the embeddings; ``None`` with a store sink."""
         return parse_sink(self.sink)
 
 
@@ -154,6 +195,13 @@ def _credentials(conn: KafkaConnection) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def _state_dir(app_id: str) -> str:
+    """Faust's state directory for an app: under the system's temp dir, not the working directory."""
+    parent = os.path.join(tempfile.gettempdir(), "sutra-faust")
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, app_id)
 
 
 def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[Any, EmbeddingAgent]:
@@ -176,6 +224,8 @@ def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[A
         "broker_client_id": conn.client_id,
         "processing_guarantee": config.processing_guarantee,
         "store": "memory://",
+        # Faust keeps a small state directory; out of the working directory.
+        "datadir": _state_dir(config.app_id),
         "web_enabled": config.web_port is not None,
         "web_bind": "127.0.0.1",
         "web_host": "127.0.0.1",
@@ -211,7 +261,8 @@ def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[A
     elif config.agent.precision in ("int8", "uint8") and emb.manifest.calibration:
         calibration = CalibrationRanges.from_dict(emb.manifest.calibration)
     handle = embedding_agent(app, config.source_topic, config.sink, config.agent,
-                             embedder=emb, calibration=calibration)
+                             embedder=emb, calibration=calibration, connection=conn,
+                             max_pending_rows=config.sink_max_pending_rows)
     if config.stats_interval_s > 0:
 
         @app.timer(config.stats_interval_s)
@@ -231,14 +282,24 @@ def run_worker(config: WorkerConfig, embedder: Embedder | None = None) -> int:
     app, handle = build_app(config, embedder)
     log.info(
         "sutra worker: %s -> %s (dead letters: %s), %s, model %s, %r",
-        config.source_topic, config.output_topic, config.agent.dead_letter_topic,
+        config.source_topic, redact_uri(config.sink), config.agent.dead_letter_topic,
         config.processing_guarantee, handle.embedder.model_id, config.connection,
     )
+    metrics = None
+    if config.metrics_port is not None:
+        from sutra_embedder.agents.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(handle)
+        port = metrics.serve(config.metrics_port, config.metrics_host)
+        log.warning("sutra worker: metrics on http://%s:%d/metrics", config.metrics_host, port)
     worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 
@@ -250,7 +311,9 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     k = parser.add_argument_group("kafka")
     k.add_argument("--brokers", required=True, help="bootstrap servers, host:port[,host:port]")
     k.add_argument("--source", required=True, help="topic of texts")
-    k.add_argument("--sink", required=True, help="kafka:TOPIC for the embeddings")
+    k.add_argument("--sink", required=True,
+                   help="kafka:TOPIC, or a store: postgresql://USER@HOST/DB?table=T, lancedb:///PATH?table=T, "
+                        "parquet:///PATH")
     k.add_argument("--dead-letter-topic", default=None, help="topic for dead letters (default: log only)")
     k.add_argument("--processing-guarantee", default="at_least_once", choices=PROCESSING_GUARANTEES)
     k.add_argument("--app-id", default="sutra-embedder", help="Faust app id and consumer group")
@@ -277,6 +340,11 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--stats-interval", type=float, default=30.0, help="log stats every N seconds (0: never)")
     s.add_argument("--web-port", type=int, default=None, help="serve Faust's web UI on 127.0.0.1:PORT")
     s.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)")
+    s.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint")
+    s.add_argument("--sink-max-pending-rows", type=int, default=4096,
+                   help="store sinks: rows queued for the store before reading pauses")
     add_embedder_args(parser)
 
 
@@ -318,6 +386,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         stats_interval_s=args.stats_interval,
         web_port=args.web_port,
         log_level=args.log_level,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        sink_max_pending_rows=args.sink_max_pending_rows,
     )
 
 
