@@ -31,8 +31,10 @@ line, and never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import logging.config
 import os
 import ssl
 import sys
@@ -40,6 +42,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from sutra_embedder.agents.faust_agent import (
     STORE_SCHEMES,
@@ -63,6 +66,7 @@ from sutra_embedder.core.config import PRECISIONS, EmbedderConfig
 from sutra_embedder.core.embedder import Embedder
 from sutra_embedder.core.errors import ConfigError, SutraError
 from sutra_embedder.core.quantization import CalibrationRanges
+from sutra_embedder.logs import LOG_FORMATS, logging_config
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,8 @@ class WorkerConfig:
         metrics_host: Address the metrics endpoint binds to.
         sink_max_pending_rows: Store sinks: rows queued for the store before
             the worker stops reading (backpressure).
+        log_format: ``text`` or ``json`` (one object per line); passwords are
+            redacted from every record either way.
     """
 
     connection: KafkaConnection
@@ -133,6 +139,7 @@ class WorkerConfig:
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     sink_max_pending_rows: int = 4096
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not isinstance(self.connection, KafkaConnection):
@@ -173,8 +180,21 @@ class WorkerConfig:
                 or self.sink_max_pending_rows < 1:
             raise ConfigError("sink_max_pending_rows",
                               f"must be a positive integer, got {self.sink_max_pending_rows!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format", f"got {self.log_format!r}; choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"got {self.log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
+
+    def secrets(self) -> list[str]:
+        """Passwords this worker knows, to be redacted from its logs."""
+        found = [self.connection.sasl_password or "", os.environ.get("PGPASSWORD", "")]
+        with contextlib.suppress(ValueError):
+            found.append(urlsplit(self.sink).password or "")
+        return [s for s in found if s]
+
+    def logging_config(self) -> dict[str, Any]:
+        """The ``dictConfig`` of the worker's logs (format, level, redaction)."""
+        return logging_config(self.log_level, self.log_format, self.secrets())  # type: ignore[arg-type]
 
     @property
     def output_topic(self) -> str | None:
@@ -292,7 +312,8 @@ def run_worker(config: WorkerConfig, embedder: Embedder | None = None) -> int:
         metrics = WorkerMetrics(handle)
         port = metrics.serve(config.metrics_port, config.metrics_host)
         log.warning("sutra worker: metrics on http://%s:%d/metrics", config.metrics_host, port)
-    worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False,
+                          logging_config=config.logging_config())
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -340,6 +361,8 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--stats-interval", type=float, default=30.0, help="log stats every N seconds (0: never)")
     s.add_argument("--web-port", type=int, default=None, help="serve Faust's web UI on 127.0.0.1:PORT")
     s.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    s.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="json: one object per line; passwords are redacted either way")
     s.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)")
     s.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint")
@@ -389,11 +412,14 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         sink_max_pending_rows=args.sink_max_pending_rows,
+        log_format=args.log_format,
     )
 
 
 def _cli_worker(args: argparse.Namespace) -> int:
-    return run_worker(config_from_args(args))
+    config = config_from_args(args)
+    logging.config.dictConfig(config.logging_config())
+    return run_worker(config)
 
 
 def register_cli(subparsers: Any) -> None:
@@ -415,12 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_worker_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
     except SutraError as exc:
         parser.error(str(exc))
+    logging.config.dictConfig(config.logging_config())
     try:
         return run_worker(config)
     except SutraError as exc:

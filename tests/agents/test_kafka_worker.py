@@ -57,6 +57,7 @@ def test_cli_options_build_the_worker_config(monkeypatch: pytest.MonkeyPatch) ->
         "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "svc",
         "--output-format", "binary", "--precision", "float16", "--max-wait-ms", "2", "--queue-size", "64",
         "--commit-interval", "0.5", "--model", "minilm", "--long-texts", "truncate",
+        "--log-format", "json", "--metrics-port", "9108",
     ])
     assert callable(args.func)
     config = config_from_args(args)
@@ -67,6 +68,8 @@ def test_cli_options_build_the_worker_config(monkeypatch: pytest.MonkeyPatch) ->
     assert config.embedder.chunking.policy == "truncate"
     assert config.connection.sasl_password == "s3cret-pass"
     assert "s3cret-pass" not in repr(config)
+    assert config.log_format == "json" and config.metrics_port == 9108
+    assert "s3cret-pass" in config.secrets()  # what the log filter hides
 
 
 @pytest.mark.parametrize("sink", ["vectors", "pg:vectors", "kafka:", "kafka:bad topic"])
@@ -87,6 +90,7 @@ def test_bad_sinks_are_rejected(sink: str) -> None:
         ({"log_level": "loud"}, "log_level"),
         ({"source_topic": "a/b"}, "source_topic"),
         ({"metrics_port": 70000}, "metrics_port"),
+        ({"log_format": "xml"}, "log_format"),
         ({"sink_max_pending_rows": 0}, "sink_max_pending_rows"),
         ({"sink": "postgresql://u@h/db?table=t", "processing_guarantee": "exactly_once"}, "processing_guarantee"),
     ],
