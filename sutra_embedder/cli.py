@@ -235,7 +235,7 @@ def _lazy_commands() -> list[Callable[[Any], None]]:
     import importlib
 
     commands = []
-    for module in ("search", "kafka_worker", "distill", "bench"):
+    for module in ("search", "kafka_worker", "distill", "demo_producer", "bench"):
         try:
             commands.append(importlib.import_module(f"sutra_embedder.pipelines.{module}").register_cli)
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
