@@ -93,9 +93,7 @@ def _greedy(lens: np.ndarray, order: np.ndarray, max_batch_tokens: int, max_batc
     longest = 0
     for idx in order.tolist():
         new_longest = max(longest, int(lens[idx]))
-        if current and (
-            len(current) + 1 > max_batch_size or (len(current) + 1) * new_longest > max_batch_tokens
-        ):
+        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * new_longest > max_batch_tokens):
             batches.append(np.asarray(current, dtype=np.int64))
             current, new_longest = [], int(lens[idx])
         current.append(idx)
@@ -122,3 +120,58 @@ def pad_batch(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.n
     ids = np.full((len(seqs), longest), pad_id, dtype=np.int64)
     ids[mask.astype(bool)] = np.concatenate(seqs)
     return ids, mask
+
+
+def pad_flat(
+    flat: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    prefix: np.ndarray,
+    suffix: np.ndarray,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame and right-pad rows of a flat id buffer into ``(ids, attention_mask)``.
+
+    Row ``r`` is ``prefix + flat[starts[r] : starts[r] + lengths[r]] + suffix``
+    followed by ``pad_id`` up to the longest row. This is what the embedder
+    feeds the model; building it from one flat buffer with whole-matrix numpy
+    operations costs a fraction of a microsecond per row, where a framed array
+    per text plus :func:`pad_batch` cost several microseconds per row under the
+    GIL (the host side, not the model, bounded GPU throughput).
+
+    Every row is gathered over the full width (``mode="clip"`` keeps indices in
+    bounds), then the cells past the row's end are overwritten with padding and
+    the special tokens are written into their columns.
+
+    Args:
+        flat: int64 content ids of many texts, back to back.
+        starts: int64 start of each row's content in ``flat``.
+        lengths: int64 content tokens of each row (special tokens excluded).
+        prefix: Special ids before the content (``[CLS]``).
+        suffix: Special ids after the content (``[SEP]``).
+        pad_id: The padding id.
+
+    Returns:
+        int64 ``ids`` and ``attention_mask``, both ``(rows, longest framed row)``.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_pre, n_suf = len(prefix), len(suffix)
+    framed = lengths + (n_pre + n_suf)
+    width = int(framed.max())
+    cols = np.arange(width, dtype=np.int64)
+    index = (starts - n_pre)[:, None] + cols
+    if flat.size:
+        ids = np.take(flat, index, mode="clip")
+    else:  # only special tokens: nothing to gather
+        ids = np.empty(index.shape, dtype=np.int64)
+    inside = cols < framed[:, None]
+    np.copyto(ids, pad_id, where=~inside)
+    if n_pre:
+        ids[:, :n_pre] = prefix
+    if n_suf:
+        rows = np.arange(len(starts))
+        end = lengths + n_pre
+        for k in range(n_suf):
+            ids[rows, end + k] = suffix[k]
+    return ids, inside.astype(np.int64)

@@ -52,8 +52,14 @@ class BatchingConfig:
         batch_overhead_tokens: The fixed cost of one model call, in tokens; the
             planner trades padding against extra calls with it. ``None``: 64 on
             CPU, 4096 on a GPU.
-        pipeline_block: Texts per block of a large call; the next block is
-            tokenized while the model runs the current one.
+        pipeline_block: Texts per block of a large call; the next blocks are
+            tokenized while the model runs the current one. The first blocks of
+            a call are smaller (1024, 2048, ...) so the model starts sooner.
+        prepare_workers: Threads that validate and tokenize blocks ahead of the
+            model. Several workers let one block's Python work (under the GIL)
+            overlap another's tokenization (in the tokenizer's own thread pool,
+            outside the GIL). ``None``: ``min(4, usable cores)`` on a GPU, 1 on
+            CPU, where the model itself needs the cores.
     """
 
     max_batch_tokens: int = 8192
@@ -61,6 +67,7 @@ class BatchingConfig:
     sort_by_length: bool = True
     batch_overhead_tokens: int | None = None
     pipeline_block: int = 4096
+    prepare_workers: int | None = None
 
     def __post_init__(self) -> None:
         _int_at_least("batching.max_batch_tokens", self.max_batch_tokens, 1)
@@ -68,6 +75,8 @@ class BatchingConfig:
         if self.batch_overhead_tokens is not None:
             _int_at_least("batching.batch_overhead_tokens", self.batch_overhead_tokens, 0)
         _int_at_least("batching.pipeline_block", self.pipeline_block, 1)
+        if self.prepare_workers is not None:
+            _int_at_least("batching.prepare_workers", self.prepare_workers, 1)
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,7 @@ class ChunkingConfig:
         if self.window is not None and self.overlap >= self.window - 4:
             raise ConfigError(
                 "chunking.overlap",
-                f"must be smaller than the window minus special tokens "
-                f"(window={self.window}, overlap={self.overlap})",
+                f"must be smaller than the window minus special tokens (window={self.window}, overlap={self.overlap})",
             )
 
 
@@ -132,6 +140,11 @@ class RuntimeConfig:
             default, 23, allows all but cuDNN flash, which ONNX Runtime otherwise
             prefers and which plans per shape: on an H200 it halved the
             throughput of mixed-length batches.
+        inference_streams: Threads that run batches on the one session at the
+            same time (each with its own IOBinding; ONNX Runtime's ``run`` is
+            thread-safe), so that one batch's padding and host/device copies
+            overlap another's compute. ``None``: 2 on a GPU, 1 on CPU (where
+            one call already uses every core).
     """
 
     device: Device = "auto"
@@ -142,9 +155,12 @@ class RuntimeConfig:
     trt_cache_dir: str | None = None
     fp16: bool = True
     attention_kernels: int = 23
+    inference_streams: int | None = None
 
     def __post_init__(self) -> None:
         _choice("runtime.device", self.device, DEVICES)
+        if self.inference_streams is not None:
+            _int_at_least("runtime.inference_streams", self.inference_streams, 1)
         _int_at_least("runtime.attention_kernels", self.attention_kernels, 0)
         _int_at_least("runtime.device_id", self.device_id, 0)
         _int_at_least("runtime.intra_op_threads", self.intra_op_threads, 0)

@@ -5,16 +5,53 @@ and without truncation; the embedder adds the model's special tokens itself
 when it cuts texts into windows. This sidesteps a trap of many shipped
 ``tokenizer.json`` files, which carry a fixed padding (to 128) and a truncation
 (at 128) that would otherwise silently cut every text.
+
+Ids come back as one flat int64 buffer plus offsets (:class:`FlatTokens`), not
+one array per text: on a GPU the host side of the embedder is the bottleneck,
+and per-text arrays cost several microseconds each under the GIL, which no
+number of cores can parallelise. ``encode_batch_fast`` is used where the
+installed ``tokenizers`` has it: it skips computing character offsets, which
+the embedder never reads (about 30% less tokenization time).
 """
 
 from __future__ import annotations
 
 import itertools
+import operator
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+_IDS = operator.attrgetter("ids")
+
+
+@dataclass(frozen=True)
+class FlatTokens:
+    """Content ids of many texts in one buffer.
+
+    Attributes:
+        ids: int64 ids of all texts, back to back.
+        offsets: ``(n + 1,)`` int64; text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Content tokens of each text."""
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def split(self) -> list[np.ndarray]:
+        """One array (a view) per text."""
+        return np.split(self.ids, self.offsets[1:-1]) if len(self) else []
 
 
 class TextTokenizer:
@@ -29,6 +66,8 @@ class TextTokenizer:
         tok.no_padding()
         tok.no_truncation()
         self._tok = tok
+        # Same ids as encode_batch, without character offsets (tokenizers >= 0.20).
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self.prefix, self.suffix = self._special_frame(tok)
         pad = tok.padding
         self.pad_id = int(pad["pad_id"]) if pad else self._guess_pad_id(tok)
@@ -56,17 +95,53 @@ class TextTokenizer:
                 return int(idx)
         return 0
 
+    @staticmethod
+    def threads() -> int:
+        """Threads ``encode_batch`` runs on: the rules of ``tokenizers`` and its rayon pool.
+
+        ``TOKENIZERS_PARALLELISM`` set to a false value makes tokenization
+        sequential (one core), which on a GPU host caps the embedder far below
+        the device; ``RAYON_NUM_THREADS`` sizes the pool, by default all the
+        cores the process may use. (``tokenizers`` also goes sequential by
+        itself in a process forked after it used its pool; that is not visible
+        from here.)
+        """
+        flag = os.environ.get("TOKENIZERS_PARALLELISM")
+        if flag is not None and flag.lower() in ("", "off", "false", "f", "no", "n", "0"):
+            return 1
+        for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS"):
+            value = os.environ.get(name, "")
+            if value.isdigit() and int(value) > 0:
+                return int(value)
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+
     @property
     def n_special(self) -> int:
         """Special tokens added around each sequence (2 for BERT's [CLS] ... [SEP])."""
         return len(self.prefix) + len(self.suffix)
 
+    def encode_flat(self, texts: Sequence[str]) -> FlatTokens:
+        """Content token ids of all texts in one buffer (no special tokens, no truncation).
+
+        The encodings are read with C-level iterators straight into one numpy
+        buffer: no Python list per text survives, which keeps the time spent
+        holding the GIL to about 3 microseconds per text.
+        """
+        encs = self._encode_batch(texts if isinstance(texts, list) else list(texts), add_special_tokens=False)
+        n = len(encs)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        if n:
+            np.cumsum(np.fromiter(map(len, encs), dtype=np.int64, count=n), out=offsets[1:])
+        total = int(offsets[-1])
+        ids = np.fromiter(itertools.chain.from_iterable(map(_IDS, encs)), dtype=np.int64, count=total)
+        return FlatTokens(ids, offsets)
+
     def encode_content(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Content token ids of each text (no special tokens, no truncation)."""
-        id_lists = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-        lengths = [len(x) for x in id_lists]
-        flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=sum(lengths))
-        return np.split(flat, np.cumsum(lengths)[:-1]) if id_lists else []
+        return self.encode_flat(texts).split()
 
     def frame(self, content: np.ndarray) -> np.ndarray:
         """Wrap content ids in the model's special tokens."""
