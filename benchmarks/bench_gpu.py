@@ -270,6 +270,38 @@ def part_c(seq: int, batch: int) -> dict[str, Any]:
     return results
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Bars: every (a) variant and sentence-transformers fp16; (c) time and memory when present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for key, run in data.get("a_end_to_end_minilm", {}).items():
+        if "variants" not in run:
+            continue
+        labels = [f"sutra w={v['prepare_workers']} s={v['inference_streams']}" for v in run["variants"]]
+        values = [v["texts_per_s"] for v in run["variants"]]
+        axes[0].bar([*labels, "sentence-transformers fp16"], [*values, run["st_fp16_texts_per_s"]],
+                    color=["C0"] * len(values) + ["C7"])
+        axes[0].set_title(f"(a) all-MiniLM-L6-v2 end to end, {run['texts']:,} texts ({key}): {run['ratio']}x")
+        axes[0].set_ylabel("texts/s")
+        axes[0].tick_params(axis="x", labelsize=7, rotation=20)
+        break
+    c = data.get("c_long_sequences", {})
+    if "speedup" in c:
+        names = ["fused_fp16", "unfused_fp32"]
+        axes[1].bar(names, [c[n]["peak_gpu_mb"] for n in names], color=["C2", "C3"])
+        axes[1].set_title(f"(c) 4096 tokens: {c['speedup']}x faster, {c['memory_ratio']}x less memory")
+        axes[1].set_ylabel("peak GPU MB")
+    else:
+        axes[1].axis("off")
+    fig.suptitle(data["device"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--source", type=Path)
@@ -325,6 +357,7 @@ def main() -> None:
     tag = data["device"].replace(" ", "_").replace("/", "_")
     out = Path(os.environ.get("OUT", RESULTS)) / f"gpu_{tag}_{args.part}.json"
     out.write_text(json.dumps(data, indent=2) + "\n")
+    plot(data, out.with_suffix(".png"))
     print(out)
 
 
