@@ -27,14 +27,28 @@ _KEY_VALUE = re.compile(r"(?P<key>\b(?:password|passwd|pwd|sasl_password|secret)
 MASK = "***"
 
 
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
+class Redactor:
+    """Scrubs known secret strings out of messages (errors from drivers may echo them).
+
+    Secrets shorter than 3 characters are ignored: masking them would mangle
+    ordinary words without protecting anything.
+    """
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+
+    def __call__(self, message: object) -> str:
+        text = str(message)
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+def redact(text: str, secrets: Sequence[str] | Redactor = ()) -> str:
     """``text`` with URI passwords, ``password=`` values and the given secrets replaced by ``***``."""
     text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("at"), text)
     text = _KEY_VALUE.sub(lambda m: m.group("key") + MASK, text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+    return (secrets if isinstance(secrets, Redactor) else Redactor(secrets))(text)
 
 
 class RedactingFilter(logging.Filter):
@@ -46,18 +60,18 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: Sequence[str] = ()) -> None:
         super().__init__()
-        self.secrets = tuple(s for s in secrets if s)
+        self.redactor = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact(message, self.secrets)
+        clean = redact(message, self.redactor)
         if clean != message or record.args:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text, self.secrets)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.redactor)
         return True
 
 
@@ -103,4 +117,4 @@ def logging_config(level: str = "info", fmt: LogFormat = "text", secrets: Sequen
     }
 
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "LogFormat", "RedactingFilter", "logging_config", "redact"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "LogFormat", "RedactingFilter", "Redactor", "logging_config", "redact"]

@@ -79,7 +79,7 @@ from sutra_embedder.connectors.kafka import (
     require_kafka_python,
 )
 from sutra_embedder.connectors.records import DeadLetter, InputRecord
-from sutra_embedder.connectors.sinks import AsyncSink, EmbeddingRow, make_sink
+from sutra_embedder.connectors.sinks import AsyncSink, EmbeddingRow, is_sink_uri, make_sink
 from sutra_embedder.core.config import PRECISIONS, EmbedderConfig, Precision
 from sutra_embedder.core.embedder import Embedder
 from sutra_embedder.core.errors import ConfigError
@@ -90,7 +90,10 @@ from .streaming import StreamingConfig, StreamingEmbedder, StreamingStats, Strea
 log = logging.getLogger(__name__)
 
 FAUST_EXTRA = "pip install 'sutra-embedder[faust]'"
-STORE_SCHEMES = ("postgresql", "postgres", "pgvector+postgresql", "pgvector", "lancedb", "lance", "parquet")
+STORE_EXACTLY_ONCE = (
+    "exactly_once applies to Kafka outputs; a store sink upserts by id, so at_least_once already leaves one "
+    "row per id: use at_least_once with a store sink"
+)
 
 
 def require_faust() -> ModuleType:
@@ -418,10 +421,12 @@ class EmbeddingAgent:
                 for observe in self.result_observers:
                     observe(result)
             if self.store is not None and result is not None and result.ok:
-                await self._store_row(result, event, delivered, flush_now=pending.empty())
+                self._buffer_row(result, event)
+                if pending.empty() or len(self._rows) >= self.config.max_pending:
+                    await self._hand_rows(delivered)
                 continue
             if self.store is not None:
-                await self._store_row(None, None, delivered, flush_now=True)  # keep acks in input order
+                await self._hand_rows(delivered)  # rows before this dead letter: keep acks in input order
             topic, message = self._output_for(item, result)
             if transactional:
                 await self._write_in_transaction(source, event, topic, message)
@@ -431,40 +436,39 @@ class EmbeddingAgent:
                 ):
                     await self._commit_transaction()
             elif topic is None:
-                await delivered.put((event, _done_future()))
+                await delivered.put((event, _DONE))
             else:
                 await delivered.put((event, await self._send(topic, message, event)))
 
     # ------------------------------------------------------------ store sink
-    async def _store_row(
-        self, result: StreamResult | None, event: Any,
-        delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]], flush_now: bool,
-    ) -> None:
-        """Buffer one embedded row; hand the buffer to the store when full or caught up.
+    def _buffer_row(self, result: StreamResult, event: Any) -> None:
+        """Keep one embedded row until :meth:`_hand_rows` gives the buffer to the store."""
+        assert result.vector is not None
+        self.counters.embedded += 1
+        record, message = result.record, event.message
+        self._rows.append(EmbeddingRow(
+            id=record.id, vector=result.vector, n_tokens=result.n_tokens, n_chunks=result.n_chunks,
+            metadata=record.metadata, model=self.embedder.model_id, offset=message.offset,
+            partition=f"{message.topic}-{message.partition}", source=record.source,
+        ))
+        self._row_events.append(event)
 
-        The messages of the rows go to ``delivered`` only once the store has
-        the rows, so the acknowledging task (which flushes the store first)
-        never acknowledges a message whose row the store has not seen.
+    async def _hand_rows(self, delivered: asyncio.Queue[tuple[Any, Awaitable[Any]]]) -> None:
+        """Give the buffered rows to the store, then queue their messages for acknowledgement.
+
+        The messages go to ``delivered`` only once the store has the rows, so
+        the acknowledging task (which flushes the store first) never
+        acknowledges a message whose row the store has not seen.
         """
+        if not self._rows:
+            return
         assert self.store is not None
-        if result is not None:
-            assert result.vector is not None
-            self.counters.embedded += 1
-            record = result.record
-            message = event.message
-            self._rows.append(EmbeddingRow(
-                id=record.id, vector=result.vector, n_tokens=result.n_tokens, n_chunks=result.n_chunks,
-                metadata=record.metadata, model=self.embedder.model_id, offset=message.offset,
-                partition=f"{message.topic}-{message.partition}", source=record.source,
-            ))
-            self._row_events.append(event)
-        if self._rows and (flush_now or len(self._rows) >= self.config.max_pending):
-            rows, events = self._rows, self._row_events
-            self._rows, self._row_events = [], []
-            self._handed += len(rows)
-            self._rejected += await self._dead_letters(await self.store.write(rows))
-            for ev in events:
-                await delivered.put((ev, _DONE))
+        rows, events = self._rows, self._row_events
+        self._rows, self._row_events = [], []
+        self._handed += len(rows)
+        self._rejected += await self._dead_letters(await self.store.write(rows))
+        for ev in events:
+            await delivered.put((ev, _DONE))
 
     async def _dead_letters(self, letters: list[DeadLetter]) -> list[Awaitable[Any]]:
         """Count rows the store refused and send them to the dead-letter topic."""
@@ -626,18 +630,6 @@ class _Done:
 _DONE = _Done()
 
 
-def _done_future() -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
-
-
-def is_store_uri(sink: str) -> bool:
-    """Whether a sink string names a store (``postgresql://``, ``lancedb://``...) rather than a topic."""
-    scheme, sep, _ = sink.partition(":")
-    return bool(sep) and scheme.lower() in STORE_SCHEMES
-
-
 def embedding_agent(
     app: Any,
     source_topic: Any,
@@ -689,7 +681,7 @@ def embedding_agent(
     store: AsyncSink | None = None
     if isinstance(sink, AsyncSink):
         store = sink
-    elif isinstance(sink, str) and is_store_uri(sink):
+    elif isinstance(sink, str) and is_sink_uri(sink):
         store = AsyncSink(make_sink(sink, emb.dim, emb.model_id), max_pending_rows=max_pending_rows)
     elif isinstance(sink, str):
         output_topic = sink.removeprefix("kafka:")
@@ -698,10 +690,7 @@ def embedding_agent(
     else:
         store = AsyncSink(sink, max_pending_rows=max_pending_rows)
     if store is not None and eos:
-        raise ConfigError(
-            "processing_guarantee",
-            "exactly_once applies to Kafka outputs; a store sink upserts by id, so at_least_once already "
-            "leaves one row per id: use at_least_once with a store sink")
+        raise ConfigError("processing_guarantee", STORE_EXACTLY_ONCE)
     if output_topic is not None:
         check_topic("sink", output_topic)
         if output_topic == cfg.dead_letter_topic:
@@ -743,12 +732,12 @@ def embedding_agent(
 
 __all__ = [
     "FAUST_EXTRA",
+    "STORE_EXACTLY_ONCE",
     "AgentConfig",
     "AgentCounters",
     "CommittedOffsets",
     "EmbeddingAgent",
     "embedding_agent",
-    "is_store_uri",
     "require_faust",
 ]
 

@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from sutra_embedder.core.errors import ConfigError
+from sutra_embedder.logs import Redactor
 
 from .records import DeadLetter
 from .sinks import (
@@ -48,7 +49,6 @@ from .sinks import (
     EmbeddingRow,
     Hit,
     IndexInfo,
-    Redactor,
     RetryPolicy,
     SearchOptions,
     SinkConfig,

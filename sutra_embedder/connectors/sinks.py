@@ -98,7 +98,7 @@ DEAD_LETTER_KINDS = (
     "rejected_by_store",  # the store refused this one row (found by splitting a failed batch)
 )
 
-SCHEMES = ("parquet", "postgresql", "postgres", "pgvector+postgresql", "lancedb")
+SCHEMES = ("parquet", "postgresql", "postgres", "pgvector+postgresql", "pgvector", "lancedb", "lance")
 
 EXTRA_HINTS = {
     "postgres": "pip install 'sutra-embedder[postgres]'",
@@ -445,6 +445,12 @@ def open_sink(uri: str, dim: int, model: str, **overrides: object) -> Sink:
 
 
 # ------------------------------------------------------------------ secrets
+def is_sink_uri(uri: str) -> bool:
+    """Whether a string names a sink by one of :data:`SCHEMES` (``postgresql://``, ``lancedb://``...)."""
+    scheme, sep, _ = uri.partition(":")
+    return bool(sep) and scheme.lower() in SCHEMES
+
+
 def redact_uri(uri: str) -> str:
     """A URI or libpq conninfo string with its password replaced by ``***``."""
     if "://" in uri:
@@ -464,19 +470,6 @@ def redact_uri(uri: str) -> str:
         )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", uri, flags=re.IGNORECASE)
-
-
-class Redactor:
-    """Scrubs known secret strings out of messages (errors from drivers may echo them)."""
-
-    def __init__(self, secrets: Sequence[str] = ()) -> None:
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
-
-    def __call__(self, message: object) -> str:
-        text = str(message)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 # ------------------------------------------------------------------ protocol
@@ -948,7 +941,6 @@ __all__ = [
     "EmbeddingRow",
     "Hit",
     "IndexInfo",
-    "Redactor",
     "RetryPolicy",
     "Sink",
     "SinkConfig",

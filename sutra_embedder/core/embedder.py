@@ -501,9 +501,8 @@ class Embedder:
     def _prepare(self, items: Sequence[object], offset: int, prefix: str) -> _Prepared:
         """Validate, tokenize and cut texts into model inputs (no model call).
 
-        Everything per text is done on arrays except validation (with a fast
-        path for plain ASCII strings, which cannot fail the UTF-8 check) and
-        the windows of texts longer than the model's window.
+        Everything per text is done on arrays except validation and the
+        windows of texts longer than the model's window.
         """
         cfg = self.config
         max_chars = cfg.max_text_chars
@@ -512,14 +511,11 @@ class Embedder:
         positions: list[int] = []
         add_text, add_pos = texts.append, positions.append
         for i, item in enumerate(items, start=offset):
-            if type(item) is str and 0 < len(item) <= max_chars and item.isascii() and not item.isspace():
-                text = item  # what validate_text accepts, without its UTF-8 round trip
-            else:
-                try:
-                    text = validate_text(item, max_chars)
-                except InputError as exc:
-                    failures.append(Failure(i, exc.kind, str(exc)))
-                    continue
+            try:
+                text = validate_text(item, max_chars)
+            except InputError as exc:
+                failures.append(Failure(i, exc.kind, str(exc)))
+                continue
             add_text(prefix + text if prefix else text)
             add_pos(i)
 

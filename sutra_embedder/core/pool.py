@@ -1236,6 +1236,25 @@ def pinned_config(
     return pin.apply(config)
 
 
+def pinned_if_several_gpus(
+    config: EmbedderConfig,
+    env: Mapping[str, str] | None = None,
+    discover: Callable[[], tuple[int, str]] = discover_cuda_devices,
+) -> EmbedderConfig:
+    """``config`` bound to this worker process's own GPU when the machine has several; else unchanged.
+
+    What a Beam ``DoFn.setup`` or a Faust worker calls before building its
+    embedder: with one GPU (or none, or ``device="cpu"``) there is nothing to
+    spread, so the config is returned as it is.
+    """
+    if config.runtime.device not in ("auto", "cuda", "tensorrt"):
+        return config
+    count, _ = discover()
+    if count < 2:
+        return config
+    return pinned_config(config, [DeviceSpec("cuda", i) for i in range(count)], env)
+
+
 __all__ = [
     "DEVICE_INDEX_ENV",
     "DEVICE_STATES",
@@ -1259,5 +1278,6 @@ __all__ = [
     "parse_devices",
     "pin_worker",
     "pinned_config",
+    "pinned_if_several_gpus",
     "worker_index",
 ]

@@ -25,6 +25,8 @@ def validate_text(value: object, max_chars: int) -> str:
     ``bytes`` are accepted when they are valid UTF-8. Strings holding lone
     surrogates (which no UTF-8 encoder accepts) count as ``invalid_utf8``.
     """
+    if type(value) is str and value.isascii() and 0 < len(value) <= max_chars and not value.isspace():
+        return value  # the common case: ASCII always encodes, so no UTF-8 round trip
     if value is None:
         raise InputError("none", "text is None")
     if isinstance(value, (bytes, bytearray, memoryview)):

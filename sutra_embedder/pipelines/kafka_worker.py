@@ -45,11 +45,10 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from sutra_embedder.agents.faust_agent import (
-    STORE_SCHEMES,
+    STORE_EXACTLY_ONCE,
     AgentConfig,
     EmbeddingAgent,
     embedding_agent,
-    is_store_uri,
     require_faust,
 )
 from sutra_embedder.agents.streaming import StreamingConfig
@@ -61,10 +60,11 @@ from sutra_embedder.connectors.kafka import (
     KafkaConnection,
     check_topic,
 )
-from sutra_embedder.connectors.sinks import redact_uri
+from sutra_embedder.connectors.sinks import SCHEMES, is_sink_uri, redact_uri
 from sutra_embedder.core.config import PRECISIONS, EmbedderConfig
 from sutra_embedder.core.embedder import Embedder
 from sutra_embedder.core.errors import ConfigError, SutraError
+from sutra_embedder.core.pool import pinned_if_several_gpus
 from sutra_embedder.core.quantization import CalibrationRanges
 from sutra_embedder.logs import LOG_FORMATS, logging_config
 
@@ -86,12 +86,12 @@ def parse_sink(sink: str) -> str | None:
     Raises:
         ConfigError: An unknown scheme, or not a topic name.
     """
-    if is_store_uri(sink):
+    if is_sink_uri(sink):
         return None
     scheme, sep, target = sink.partition(":")
     if not sep or scheme not in SINK_SCHEMES:
         raise ConfigError("sink", f"got {redact_uri(sink)!r}; expected kafka:TOPIC or a store URI with one of the "
-                          f"schemes {', '.join(STORE_SCHEMES)}")
+                          f"schemes {', '.join(SCHEMES)}")
     check_topic("sink", target)
     return target
 
@@ -149,10 +149,7 @@ class WorkerConfig:
         if output == self.source_topic:
             raise ConfigError("sink", "must differ from the source topic")
         if output is None and self.processing_guarantee == "exactly_once":
-            raise ConfigError(
-                "processing_guarantee",
-                "exactly_once applies to a kafka: sink; a store sink upserts by id, so at_least_once already "
-                "leaves one row per id")
+            raise ConfigError("processing_guarantee", STORE_EXACTLY_ONCE)
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ConfigError(
                 "processing_guarantee",
@@ -274,7 +271,8 @@ def build_app(config: WorkerConfig, embedder: Embedder | None = None) -> tuple[A
     if credentials is not None:
         settings["broker_credentials"] = credentials
     app = faust.App(config.app_id, **settings)
-    emb = embedder or Embedder(config.embedder)
+    # Several GPUs: each worker process takes its own (worker i -> cuda:i % n).
+    emb = embedder or Embedder(pinned_if_several_gpus(config.embedder))
     calibration = None
     if config.calibration:
         calibration = CalibrationRanges.load(config.calibration)

@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, WindowedValue
 
 from sutra_embedder.core.config import EmbedderConfig
-from sutra_embedder.core.pool import discover_cuda_devices
+from sutra_embedder.core.pool import pinned_if_several_gpus
 
 from .config import EmbedTextConfig
 from .elements import parse_element
@@ -117,14 +117,8 @@ class _ModelDoFn(beam.DoFn):  # type: ignore[misc]
         self._metrics: EmbedMetrics | None = None
 
     def setup(self) -> None:
-        embedder = self._config.embedder
-        if embedder.runtime.device in ("auto", "cuda", "tensorrt") and discover_cuda_devices()[0] > 1:
-            # Several GPUs: each SDK worker process takes its own (worker i -> cuda:i % n).
-            from .pinning import acquire_pinned_model
-
-            self._model = acquire_pinned_model(embedder, self._config.model_sharing)
-        else:
-            self._model = acquire_model(embedder, self._config.model_sharing)
+        # Several GPUs: each SDK worker process takes its own (worker i -> cuda:i % n).
+        self._model = acquire_model(pinned_if_several_gpus(self._config.embedder), self._config.model_sharing)
         self._model_id = self._model.identity().model_id
         self._metrics = EmbedMetrics()
 

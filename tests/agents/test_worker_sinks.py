@@ -23,23 +23,9 @@ import pytest
 from sutra_embedder.devservices.kafka import KafkaBroker
 from tests.agents.test_kafka_worker import Outputs, Producer, Worker, committed_offsets
 from tests.fixtures.kafka import TopicFactory
-from tests.fixtures.postgres import SinkCorpus
+from tests.fixtures.postgres import SinkCorpus, brute_force, sql
 
 N_DOCS = 200  # the sink corpus
-
-
-def _brute_force(vectors: np.ndarray, ids: list[str], q: np.ndarray, k: int) -> list[str]:
-    docs = vectors.astype(np.float64)
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    scores = docs @ (q / np.linalg.norm(q))
-    return [ids[i] for i in np.argsort(-scores)[:k]]
-
-
-def _sql(pg_uri: str, query: str) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(pg_uri, autocommit=True) as conn:
-        return list(conn.execute(query).fetchall())
 
 
 def _produce_corpus(producer: Producer, corpus: SinkCorpus, vary: str = "") -> None:
@@ -94,7 +80,7 @@ def test_worker_indexes_a_stream_into_pgvector(
     outputs = Outputs(kafka_broker.bootstrap_servers, unused, dlq)
     worker = Worker(args, tmp_path / "worker.log")
     try:
-        count = lambda: _sql(pg_uri, f"SELECT count(*) FROM {pg_table}")[0][0]  # noqa: E731
+        count = lambda: sql(pg_uri, f"SELECT count(*) FROM {pg_table}")[0][0]  # noqa: E731
         _wait(lambda: _table_exists(pg_uri, pg_table) and count() == N_DOCS, 240, worker, f"{N_DOCS} rows")
         outputs.wait_for(producer.sent.poison, timeout=60, worker=worker)
         # Offsets are committed only after the rows are durable: wait for the commit of everything.
@@ -111,7 +97,7 @@ def test_worker_indexes_a_stream_into_pgvector(
     assert {i: d["kind"] for i, d in letters.items()} == producer.sent.poison
     assert all(d["error"] and d["source"].startswith(source) for d in letters.values())
 
-    rows = _sql(pg_uri, f"SELECT id, embedding::text FROM {pg_table}")
+    rows = sql(pg_uri, f"SELECT id, embedding::text FROM {pg_table}")
     stored = {rid: np.array(json.loads(vec), dtype=np.float32) for rid, vec in rows}
     assert set(stored) == set(sink_corpus.ids), "rows + dead letters = inputs, by id"
     ref = {rid: sink_corpus.vectors[j] for j, rid in enumerate(sink_corpus.ids)}
@@ -121,7 +107,7 @@ def test_worker_indexes_a_stream_into_pgvector(
     try:
         recalls = []
         for q in sink_corpus.query_vectors:
-            expected = _brute_force(sink_corpus.vectors, sink_corpus.ids, q, 10)
+            expected = brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)[0]
             exact = [h[0] for h in index.search(q, 10, SearchOptions(exact=True))]
             assert exact == expected
             ann = [h[0] for h in index.search(q, 10, SearchOptions(ef_search=200))]
@@ -139,18 +125,18 @@ def test_worker_indexes_a_stream_into_pgvector(
     latest = _latest_vectors(minilm_dir, sink_corpus)
     try:
         def updated() -> bool:
-            got = dict(_sql(pg_uri, f"SELECT id, embedding::text FROM {pg_table}"))
+            got = dict(sql(pg_uri, f"SELECT id, embedding::text FROM {pg_table}"))
             return all(np.abs(np.array(json.loads(got[r]), np.float32) - latest[r]).max() < 1e-5 for r in got)
 
         _wait(updated, 300, replay, "the revised vectors")
     finally:
         assert replay.stop() == 0, replay.log_tail()
-    assert _sql(pg_uri, f"SELECT count(*), count(DISTINCT id) FROM {pg_table}")[0] == (N_DOCS, N_DOCS)
+    assert sql(pg_uri, f"SELECT count(*), count(DISTINCT id) FROM {pg_table}")[0] == (N_DOCS, N_DOCS)
     outputs.close()
 
 
 def _table_exists(pg_uri: str, table: str) -> bool:
-    return bool(_sql(pg_uri, f"SELECT to_regclass('{table}') IS NOT NULL")[0][0])
+    return bool(sql(pg_uri, f"SELECT to_regclass('{table}') IS NOT NULL")[0][0])
 
 
 def _end_offsets(producer: Producer) -> dict[int, int]:
@@ -202,7 +188,7 @@ def test_worker_indexes_a_stream_into_lancedb(
     try:
         for q in sink_corpus.query_vectors[:10]:
             exact = [h[0] for h in index.search(q, 10, SearchOptions(exact=True))]
-            assert exact == _brute_force(sink_corpus.vectors, sink_corpus.ids, q, 10)
+            assert exact == brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)[0]
     finally:
         index.close()
 

@@ -11,7 +11,7 @@ import pytest
 from sutra_embedder.connectors.lance import LanceIndex, LanceSink
 from sutra_embedder.connectors.sinks import EmbeddingRow, SearchOptions, open_sink
 from sutra_embedder.core.errors import ConfigError
-from tests.fixtures.postgres import SinkCorpus
+from tests.fixtures.postgres import SinkCorpus, brute_force
 
 pytest.importorskip("lancedb")
 
@@ -26,19 +26,11 @@ def _sink(path: Path, corpus: SinkCorpus, **params: Any) -> LanceSink:
     return sink
 
 
-def _brute_force(ids: list[str], vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-    docs = vectors.astype(np.float64)
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    scores = docs @ (q / np.linalg.norm(q))
-    top = np.argsort(-scores)[:k]
-    return [ids[i] for i in top], scores[top]
-
-
 def _recall(index: LanceIndex, ids: list[str], vectors: np.ndarray, queries: np.ndarray,
             options: SearchOptions) -> float:
     found = 0
     for q in queries:
-        want, _ = _brute_force(ids, vectors, q, 10)
+        want, _ = brute_force(ids, vectors, q, 10)
         found += len({h[0] for h in index.search(q, 10, options)} & set(want))
     return found / (10 * len(queries))
 
@@ -51,12 +43,12 @@ def flat_db(tmp_path_factory: pytest.TempPathFactory, sink_corpus: SinkCorpus) -
     return path
 
 
-def test_exact_search_equals_brute_force(flat_db: Path, sink_corpus: SinkCorpus) -> None:
+def test_exact_search_equalsbrute_force(flat_db: Path, sink_corpus: SinkCorpus) -> None:
     index = LanceIndex.from_uri(_uri(flat_db))
     assert (index.info.model, index.info.dim, index.info.rows) == (sink_corpus.model, sink_corpus.dim, 200)
     assert not index.has_ann_index
     for q in [*sink_corpus.query_vectors[:8], sink_corpus.vectors[3]]:
-        want_ids, want_scores = _brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)
+        want_ids, want_scores = brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)
         hits = index.search(q, 10, SearchOptions(exact=True))
         assert [h[0] for h in hits] == want_ids
         np.testing.assert_allclose([h[1] for h in hits], want_scores, atol=1e-5)
@@ -79,7 +71,7 @@ def test_hnsw_index_recall_at_10(tmp_path: Path, sink_corpus: SinkCorpus) -> Non
     # Hits' scores are exact cosine similarities (re-ranked with the stored vectors).
     q = sink_corpus.query_vectors[0]
     hits = index.search(q, 5, options)
-    ref = dict(zip(*_brute_force(sink_corpus.ids, sink_corpus.vectors, q, 200)))
+    ref = dict(zip(*brute_force(sink_corpus.ids, sink_corpus.vectors, q, 200)))
     np.testing.assert_allclose([s for _, s in hits], [ref[i] for i, _ in hits], atol=1e-5)
 
 

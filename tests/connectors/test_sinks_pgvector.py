@@ -11,7 +11,7 @@ import pytest
 from sutra_embedder.connectors.pgvector import PgVectorIndex, PgVectorSink
 from sutra_embedder.connectors.sinks import AsyncSink, EmbeddingRow, SearchOptions, SinkError, open_sink
 from sutra_embedder.core.errors import ConfigError
-from tests.fixtures.postgres import PgServer, SinkCorpus
+from tests.fixtures.postgres import PgServer, SinkCorpus, brute_force, sql
 
 pytestmark = pytest.mark.postgres
 
@@ -27,21 +27,6 @@ def _sink(pg_uri: str, table: str, corpus: SinkCorpus, **params: Any) -> PgVecto
     return sink
 
 
-def _brute_force(corpus: SinkCorpus, q: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-    docs = corpus.vectors.astype(np.float64)
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    scores = docs @ (q / np.linalg.norm(q))
-    top = np.argsort(-scores)[:k]
-    return [corpus.ids[i] for i in top], scores[top]
-
-
-def _sql(pg_uri: str, query: str) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(pg_uri, autocommit=True) as conn:
-        return list(conn.execute(query).fetchall())
-
-
 @pytest.fixture
 def loaded_table(pg_uri: str, pg_table: str, sink_corpus: SinkCorpus) -> str:
     with _sink(pg_uri, pg_table, sink_corpus, batch_size=64) as sink:
@@ -50,13 +35,13 @@ def loaded_table(pg_uri: str, pg_table: str, sink_corpus: SinkCorpus) -> str:
 
 
 def test_schema_index_and_model_comment(pg_uri: str, loaded_table: str, sink_corpus: SinkCorpus) -> None:
-    rows = _sql(pg_uri, f"SELECT indexdef FROM pg_indexes WHERE tablename = '{loaded_table}'")
+    rows = sql(pg_uri, f"SELECT indexdef FROM pg_indexes WHERE tablename = '{loaded_table}'")
     defs = " ".join(r[0] for r in rows)
     assert "USING hnsw (embedding vector_cosine_ops)" in defs and "m='16'" in defs
     index = PgVectorIndex.from_uri(_uri(pg_uri, loaded_table, batch_size=5))
     assert (index.info.model, index.info.dim, index.info.precision, index.info.rows) == (
         sink_corpus.model, sink_corpus.dim, "float32", 200)
-    stored = _sql(pg_uri, f"SELECT n_tokens, metadata->>'pos', model FROM {loaded_table} WHERE id = "
+    stored = sql(pg_uri, f"SELECT n_tokens, metadata->>'pos', model FROM {loaded_table} WHERE id = "
                           f"'{sink_corpus.ids[7]}'")
     assert stored == [(int(sink_corpus.result.n_tokens[7]), "7", sink_corpus.model)]
     index.close()
@@ -65,7 +50,7 @@ def test_schema_index_and_model_comment(pg_uri: str, loaded_table: str, sink_cor
 def test_exact_search_equals_brute_force(pg_uri: str, loaded_table: str, sink_corpus: SinkCorpus) -> None:
     index = PgVectorIndex.from_uri(_uri(pg_uri, loaded_table))
     for q in [*sink_corpus.query_vectors[:8], sink_corpus.vectors[3]]:
-        want_ids, want_scores = _brute_force(sink_corpus, q, 10)
+        want_ids, want_scores = brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)
         hits = index.search(q, 10, SearchOptions(exact=True))
         assert [h[0] for h in hits] == want_ids
         np.testing.assert_allclose([h[1] for h in hits], want_scores, atol=1e-5)
@@ -74,12 +59,12 @@ def test_exact_search_equals_brute_force(pg_uri: str, loaded_table: str, sink_co
 
 def test_hnsw_recall_at_10(pg_uri: str, loaded_table: str, sink_corpus: SinkCorpus) -> None:
     index = PgVectorIndex.from_uri(_uri(pg_uri, loaded_table))
-    plan = _sql(pg_uri, "EXPLAIN SELECT id FROM {t} ORDER BY embedding <=> '[{v}]'::vector LIMIT 10".format(
+    plan = sql(pg_uri, "EXPLAIN SELECT id FROM {t} ORDER BY embedding <=> '[{v}]'::vector LIMIT 10".format(
         t=loaded_table, v=",".join(["0.1"] * sink_corpus.dim)))
     assert f"Index Scan using {loaded_table}_embedding_hnsw" in " ".join(r[0] for r in plan)
     found = 0
     for q in sink_corpus.query_vectors:
-        want, _ = _brute_force(sink_corpus, q, 10)
+        want, _ = brute_force(sink_corpus.ids, sink_corpus.vectors, q, 10)
         hits = index.search(q, 10, SearchOptions(ef_search=200))
         found += len({h[0] for h in hits} & set(want))
     recall = found / (10 * len(sink_corpus.query_vectors))
@@ -147,7 +132,7 @@ def test_refused_rows_become_dead_letters(pg_uri: str, pg_table: str, sink_corpu
         late = sink.flush()  # the server refuses "huge"; splitting the batch finds it
     assert [(d.id, d.kind, d.stage) for d in late] == [("huge", "rejected_by_store", "write")]
     assert "out of range" in late[0].error
-    assert _sql(pg_uri, f"SELECT count(*) FROM {pg_table}") == [(50,)]
+    assert sql(pg_uri, f"SELECT count(*) FROM {pg_table}") == [(50,)]
     assert sink.stats.dead_letters == {"dimension_mismatch": 1, "invalid_metadata": 1, "rejected_by_store": 1}
 
 
@@ -171,9 +156,9 @@ def test_halfvec_and_bit_tables(
 ) -> None:
     with _sink(pg_uri, pg_table, sink_corpus, precision=precision) as sink:
         sink.write(sink_corpus.rows())
-    assert _sql(pg_uri, f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+    assert sql(pg_uri, f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                         f"WHERE attrelid = '{pg_table}'::regclass AND attname = 'embedding'") == [(column,)]
-    defs = " ".join(r[0] for r in _sql(pg_uri, f"SELECT indexdef FROM pg_indexes WHERE tablename = '{pg_table}'"))
+    defs = " ".join(r[0] for r in sql(pg_uri, f"SELECT indexdef FROM pg_indexes WHERE tablename = '{pg_table}'"))
     assert opclass in defs
     index = PgVectorIndex.from_uri(_uri(pg_uri, pg_table))
     assert index.info.precision == precision
@@ -183,7 +168,7 @@ def test_halfvec_and_bit_tables(
     stored = index.fetch([sink_corpus.ids[11]])[sink_corpus.ids[11]]
     if precision == "float16":
         np.testing.assert_array_equal(stored, sink_corpus.vectors[11].astype(np.float16).astype(np.float32))
-        _want, scores = _brute_force(sink_corpus, q, 5)
+        _want, scores = brute_force(sink_corpus.ids, sink_corpus.vectors, q, 5)
         np.testing.assert_allclose([h[1] for h in hits], scores, atol=2e-3)
     else:
         np.testing.assert_array_equal(stored, (sink_corpus.vectors[11] > 0).astype(np.uint8))
@@ -213,4 +198,4 @@ def test_async_sink_over_pgvector(pg_uri: str, pg_table: str, sink_corpus: SinkC
         await sink.close()
 
     asyncio.run(main())
-    assert _sql(pg_uri, f"SELECT count(*) FROM {pg_table}") == [(len(rows),)]
+    assert sql(pg_uri, f"SELECT count(*) FROM {pg_table}") == [(len(rows),)]

@@ -489,3 +489,18 @@ def test_gpu_pool_matches_cpu(minilm_dir: Path, inner: Embedder, texts: list[str
     assert all(s["texts"] > 0 for s in stats.values()), "every GPU took a share"
     cpu = inner.embed(many)
     assert cosine_rows(vectors, cpu).min() >= 0.999
+
+
+def test_pinned_if_several_gpus_spreads_workers_only_over_several_gpus(minilm_dir: Path) -> None:
+    from sutra_embedder.core.pool import pinned_if_several_gpus
+
+    auto = EmbedderConfig(model=str(minilm_dir))
+    env = {DEVICE_INDEX_ENV: "3"}
+    two = lambda: (2, "two GPUs")  # noqa: E731
+    pinned = pinned_if_several_gpus(auto, env, discover=two)
+    assert (pinned.runtime.device, pinned.runtime.device_id) == ("cuda", 1)  # worker 3 of 2 GPUs
+    assert pinned_if_several_gpus(auto, {DEVICE_INDEX_ENV: "2"}, discover=two).runtime.device_id == 0
+    assert pinned_if_several_gpus(auto, env, discover=lambda: (1, "one GPU")) == auto
+    assert pinned_if_several_gpus(auto, env, discover=lambda: (0, "no GPU")) == auto
+    cpu = EmbedderConfig(model=str(minilm_dir), runtime=RuntimeConfig(device="cpu"))
+    assert pinned_if_several_gpus(cpu, env, discover=two) == cpu
