@@ -20,6 +20,9 @@ built to be cheap and to overlap:
   outside the GIL), and ``runtime.inference_streams`` threads run batches on
   the one session at once, so that one batch's padding and host/device copies
   overlap another's compute. Results are reassembled in input order.
+* With ``batching.tokenize_processes`` the blocks of large calls are tokenized
+  in worker processes (:mod:`.tokenize_procs`), whose GILs are their own; the
+  prepare threads only validate texts and wait for ids.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .manifest import ModelManifest, load_manifest
 from .records import ChunkInfo, EmbedResult, Failure, validate_text
 from .runtime import SessionInfo, create_session
 from .tokenization import FlatTokens, TextTokenizer
+from .tokenize_procs import TokenizerProcessError, TokenizerProcesses
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +204,7 @@ class Embedder:
         self.config = config or EmbedderConfig()
         self.model_dir = resolve_model_dir(self.config.model)
         self.manifest: ModelManifest = load_manifest(self.model_dir)
-        self.tokenizer = TextTokenizer(self.model_dir / "tokenizer.json")
+        self.tokenizer = TextTokenizer(self.model_dir / "tokenizer.json", self.config.batching.ascii_fast_path)
         variant = "default"
         if self.config.runtime.device in ("cuda", "tensorrt", "auto") and self.config.runtime.fp16:
             variant = "fp16" if "fp16" in self.manifest.files else "default"
@@ -217,6 +221,7 @@ class Embedder:
         self._lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._pools: dict[str, tuple[int, int, ThreadPoolExecutor]] = {}
+        self._token_procs: TokenizerProcesses | None = None
         self.observer: Any = None  # callable(BatchTrace) for metrics, set by adapters
         if self.session_info.on_gpu and self.tokenizer.threads() == 1 and usable_cores() > 1:
             log.warning(
@@ -264,7 +269,17 @@ class Embedder:
         configured = self.config.batching.prepare_workers
         if configured is not None:
             return configured
-        return min(4, usable_cores()) if self.session_info.on_gpu else 1
+        base = min(4, usable_cores()) if self.session_info.on_gpu else 1
+        procs = self.tokenize_processes
+        return max(base, procs + 1) if procs else base
+
+    @property
+    def tokenize_processes(self) -> int:
+        """Tokenizer worker processes for large calls (``batching.tokenize_processes`` resolved)."""
+        configured = self.config.batching.tokenize_processes
+        if configured is not None:
+            return configured
+        return 2 if self.session_info.on_gpu and usable_cores() >= 8 else 0
 
     @property
     def inference_streams(self) -> int:
@@ -291,6 +306,51 @@ class Embedder:
             pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"sutra-{kind}")
             self._pools[kind] = (pid, size, pool)
             return pool
+
+    def _tokenizer_processes(self) -> TokenizerProcesses:
+        """The tokenizer worker processes, started on first use (again in a forked child)."""
+        with self._pool_lock:
+            held = self._token_procs
+            if held is not None and held.pid == os.getpid():
+                return held
+            procs = self.tokenize_processes
+            # The cores not driving the model, shared out between the workers.
+            spare = max(1, usable_cores() - self.inference_streams - 1)
+            self._token_procs = TokenizerProcesses(
+                self.tokenizer.path,
+                procs,
+                max(1, spare // procs),
+                self.config.batching.ascii_fast_path,
+            )
+            return self._token_procs
+
+    def _tokenize(self, texts: list[str], remote: bool) -> FlatTokens:
+        """Content ids of ``texts``: in a worker process when ``remote``, else here."""
+        if not texts:
+            return FlatTokens(np.zeros(0, np.int64), np.zeros(1, np.int64))
+        if remote:
+            try:
+                return self._tokenizer_processes().encode_flat(texts)
+            except TokenizerProcessError as exc:
+                log.warning("tokenizing %d texts in-process instead: %s", len(texts), exc)
+        return self.tokenizer.encode_flat(texts)
+
+    def close(self) -> None:
+        """Stop the embedder's threads and tokenizer processes (they restart if it is used again)."""
+        with self._pool_lock:
+            pools, self._pools = self._pools, {}
+            procs, self._token_procs = self._token_procs, None
+        for pid, _, pool in pools.values():
+            if pid == os.getpid():
+                pool.shutdown(wait=True)
+        if procs is not None and procs.pid == os.getpid():
+            procs.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -------------------------------------------------------------- inference
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -433,11 +493,13 @@ class Embedder:
         running: deque[_Running] = deque()
         todo = iter(bounds)
 
+        remote = prep_pool is not None and self.tokenize_processes > 0
+
         def submit_next() -> None:
             nxt = next(todo, None)
             if nxt is not None and prep_pool is not None:
                 lo, hi = nxt
-                ahead.append(prep_pool.submit(self._prepare, items[lo:hi], lo, prefix))
+                ahead.append(prep_pool.submit(self._prepare, items[lo:hi], lo, prefix, remote))
 
         try:
             if prep_pool is None:
@@ -498,8 +560,10 @@ class Embedder:
             lo += width
         return bounds
 
-    def _prepare(self, items: Sequence[object], offset: int, prefix: str) -> _Prepared:
+    def _prepare(self, items: Sequence[object], offset: int, prefix: str, remote: bool = False) -> _Prepared:
         """Validate, tokenize and cut texts into model inputs (no model call).
+
+        ``remote``: tokenize in a worker process (see :meth:`_tokenize`).
 
         Everything per text is done on arrays except validation and the
         windows of texts longer than the model's window.
@@ -520,10 +584,7 @@ class Embedder:
             add_pos(i)
 
         t0 = time.perf_counter()
-        if texts:
-            tokens = self.tokenizer.encode_flat(texts)
-        else:
-            tokens = FlatTokens(np.zeros(0, np.int64), np.zeros(1, np.int64))
+        tokens = self._tokenize(texts, remote)
         tokenize_s = time.perf_counter() - t0
 
         lengths = tokens.lengths
@@ -705,6 +766,8 @@ class Embedder:
             "fallback": info.fallback,
             "model_file": Path(info.model_path).name,
             "prepare_workers": self.prepare_workers,
+            "tokenize_processes": self.tokenize_processes,
+            "ascii_fast_path": self.tokenizer.ascii_road,
             "inference_streams": self.inference_streams,
             "tokenizer_threads": self.tokenizer.threads(),
         }
