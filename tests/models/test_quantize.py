@@ -77,3 +77,50 @@ def test_gate_refuses_a_broken_model(minilm_dir: Path, small_eval: tuple[Path, P
     err = capsys.readouterr().err
     assert "refusing to register 'broken'" in err and "below --min-ndcg-ratio 0.99" in err
     assert not (tmp_path / "cache" / "models" / "broken").exists()
+
+
+# ------------------------------------------------------------------ fp16 attention mask
+def _ragged(batch: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width + 1, size=batch)
+    lengths[0] = width  # the longest row sets the width, as the embedder pads
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = np.where(mask == 1, rng.integers(1000, 20000, size=(batch, width)), 0).astype(np.int64)
+    return ids, mask
+
+
+def test_varlen_mask_has_the_cutlass_layout_and_changes_nothing_on_cpu(minilm_dir: Path, tmp_path: Path) -> None:
+    """The (3B + 2) mask is [key lengths, row starts, row starts] (starts in tokens of B x S),
+    built in the graph; the CPU kernel reads the key lengths only, so vectors stay exactly the same."""
+    import onnxruntime as ort
+
+    src = minilm_dir / "model.onnx"
+    model = onnx.load(str(src))
+    qmod.varlen_attention_mask(model.graph)
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert attention and all(n.input[3] == qmod.VARLEN_MASK for n in attention)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(qmod.VARLEN_MASK, onnx.TensorProto.INT32, None))
+    onnx.save(model, str(tmp_path / "varlen.onnx"))
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    new = ort.InferenceSession(str(tmp_path / "varlen.onnx"), providers=["CPUExecutionProvider"])
+    for batch, width, seed in [(1, 5, 0), (7, 33, 1), (32, 128, 2)]:
+        ids, mask = _ragged(batch, width, seed)
+        expected_mask = np.concatenate([mask.sum(1), np.arange(batch + 1) * width, np.arange(batch + 1) * width])
+        vecs, got_mask = new.run(["sentence_embedding", qmod.VARLEN_MASK], {"input_ids": ids, "attention_mask": mask})
+        assert got_mask.dtype == np.int32
+        np.testing.assert_array_equal(got_mask, expected_mask)
+        (ref_vecs,) = ref.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})
+        np.testing.assert_allclose(vecs, ref_vecs, atol=1e-6)
+
+
+def test_fp16_graph_feeds_attention_the_varlen_mask(minilm_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "model.fp16.onnx"
+    qmod.convert_fp16_graph(minilm_dir / "model.onnx", dest)
+    graph = onnx.load(str(dest)).graph
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    assert len(attention) == 6 and all(n.input[3] == qmod.VARLEN_MASK for n in attention)
+    weights = {i.name: i for i in graph.initializer}
+    assert weights[attention[0].input[1]].data_type == onnx.TensorProto.FLOAT16
+    onnx.checker.check_model(onnx.load(str(dest)))
+    qmod.varlen_attention_mask(graph)  # a second pass changes nothing
+    assert sum(n.name == qmod.VARLEN_MASK for n in graph.node) == 1
