@@ -46,7 +46,7 @@ from .config import EmbedderConfig
 from .errors import ConfigError, InputError
 from .manifest import ModelManifest, load_manifest
 from .records import ChunkInfo, EmbedResult, Failure, validate_text
-from .runtime import SessionInfo, create_session
+from .runtime import SessionInfo, create_session, wants_varlen_mask
 from .tokenization import FlatTokens, TextTokenizer
 from .tokenize_procs import TokenizerProcessError, TokenizerProcesses
 
@@ -209,11 +209,13 @@ class Embedder:
         if self.config.runtime.device in ("cuda", "tensorrt", "auto") and self.config.runtime.fp16:
             variant = "fp16" if "fp16" in self.manifest.files else "default"
         model_file = self.model_dir / self.manifest.files[variant]
-        self.session, self.session_info = create_session(model_file, self.config.runtime)
+        varlen = variant == "fp16" and wants_varlen_mask(self.config.runtime)
+        self.session, self.session_info = create_session(model_file, self.config.runtime, varlen)
         if variant == "fp16" and not self.session_info.on_gpu:
             # fp16 graphs are for GPUs; on CPU load the default graph instead.
             model_file = self.model_dir / self.manifest.files["default"]
             self.session, self.session_info = create_session(model_file, self.config.runtime)
+        self.batching = self.config.batching.for_device(self.session_info.on_gpu)
         self._input_names = [i.name for i in self.session.get_inputs()]
         self._output_name = self.manifest.output
         self._check_config()
@@ -388,16 +390,13 @@ class Embedder:
         dim = self.manifest.dim
         if not prep.n_items:
             return _Running(prep, np.zeros((0, dim), np.float32))
-        bcfg = self.config.batching
-        overhead = bcfg.batch_overhead_tokens
-        if overhead is None:  # a GPU call costs far more than a CPU call relative to a token
-            overhead = 4096 if self.session_info.on_gpu else 64
+        sizes = self.batching
         plan = plan_batches(
             prep.item_len + self.tokenizer.n_special,
-            bcfg.max_batch_tokens,
-            bcfg.max_batch_size,
-            bcfg.sort_by_length,
-            overhead,
+            sizes.max_batch_tokens,
+            sizes.max_batch_size,
+            self.config.batching.sort_by_length,
+            sizes.batch_overhead_tokens,
         )
         # Rows of failed items are never read, so the output need not be zeroed.
         run = _Running(prep, np.empty((prep.n_items, dim), np.float32))
@@ -535,7 +534,7 @@ class Embedder:
         little model work is left once the last text is tokenized (on a GPU
         the two otherwise each cost a whole block of idle device or host).
         """
-        block = self.config.batching.pipeline_block
+        block = self.batching.pipeline_block
         if n <= block:
             return [(0, n)] if n else []
         front: list[int] = []
@@ -765,6 +764,7 @@ class Embedder:
             "active_provider": info.active,
             "fallback": info.fallback,
             "model_file": Path(info.model_path).name,
+            "attention_mask": info.attention_mask,
             "prepare_workers": self.prepare_workers,
             "tokenize_processes": self.tokenize_processes,
             "ascii_fast_path": self.tokenizer.ascii_road,

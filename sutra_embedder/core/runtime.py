@@ -37,6 +37,9 @@ class SessionInfo:
         active: The first (primary) provider.
         fallback: Why the session runs on something else than requested, if it does.
         model_path: The ONNX file loaded.
+        attention_mask: The mask form the graph's ``Attention`` nodes were given:
+            ``"key_lengths"`` as stored, or ``"varlen"`` (rewritten at load for
+            the memory-efficient CUDA kernel, see :func:`wants_varlen_mask`).
     """
 
     requested: str
@@ -44,6 +47,7 @@ class SessionInfo:
     active: str
     fallback: str | None
     model_path: str
+    attention_mask: str = "key_lengths"
 
     @property
     def on_gpu(self) -> bool:
@@ -78,8 +82,36 @@ def _provider_list(cfg: RuntimeConfig, model_path: Path) -> list[Any]:
     return [*wanted, CPU]
 
 
-def create_session(model_path: str | Path, cfg: RuntimeConfig) -> tuple[ort.InferenceSession, SessionInfo]:
+def wants_varlen_mask(cfg: RuntimeConfig) -> bool:
+    """Whether an fp16 graph should get the ``varlen`` attention mask on this GPU config.
+
+    The stored graphs give ``Attention`` each row's key length. With those,
+    ONNX Runtime's CUDA provider runs cuDNN flash attention when it may (it
+    plans per shape: the fastest on long inputs of one length, the slowest on
+    mixed lengths), else its unfused kernels on GPUs that its TensorRT fused
+    kernels do not cover (Hopper among them): about a third of the device time
+    of a MiniLM batch goes to a masked softmax. The memory-efficient (cutlass)
+    kernel takes the mask only with row start offsets. So when the allowed
+    kernels (``attention_kernels``) include memory-efficient attention but not
+    cuDNN flash, as by default, the graph is rewritten at load to that form.
+    """
+    kernels = cfg.attention_kernels
+    return (
+        cfg.device in ("auto", "cuda", "tensorrt")
+        and kernels != 0
+        and bool(kernels & 2)
+        and not kernels & 8
+        and CUDA in ort.get_available_providers()
+    )
+
+
+def create_session(
+    model_path: str | Path, cfg: RuntimeConfig, varlen_mask: bool = False
+) -> tuple[ort.InferenceSession, SessionInfo]:
     """Create an inference session for ``model_path`` honouring ``cfg``.
+
+    ``varlen_mask``: load the graph with its attention mask rewritten to the
+    ``varlen`` form (see :func:`wants_varlen_mask`) where that applies.
 
     Raises:
         ProviderUnavailableError: ``cfg.device`` is ``cuda``/``tensorrt`` and that
@@ -94,7 +126,15 @@ def create_session(model_path: str | Path, cfg: RuntimeConfig) -> tuple[ort.Infe
     providers = _provider_list(cfg, path)
     if cfg.device == "tensorrt":
         os.makedirs(cfg.trt_cache_dir or path.parent / "trt_cache", exist_ok=True)
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    source: str | bytes = str(path)
+    mask_form = "key_lengths"
+    if varlen_mask:
+        from sutra_embedder.models.onnx_builder import varlen_model_bytes  # needs onnx: GPU loads only
+
+        rewritten = varlen_model_bytes(path)
+        if rewritten is not None:
+            source, mask_form = rewritten, "varlen"
+    session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     got = tuple(session.get_providers())
     primary = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     fallback: str | None = None
@@ -108,5 +148,5 @@ def create_session(model_path: str | Path, cfg: RuntimeConfig) -> tuple[ort.Infe
         log.warning("GPU unavailable, running on CPU: %s", fallback)
     elif cfg.device == "auto" and CUDA not in ort.get_available_providers():
         fallback = "no GPU provider in this onnxruntime build; running on CPU"
-    info = SessionInfo(cfg.device, got, got[0], fallback, str(path))
+    info = SessionInfo(cfg.device, got, got[0], fallback, str(path), mask_form)
     return session, info

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -108,6 +109,79 @@ class _Graph:
         g = self.const(f"{name}.weight", gamma.astype(np.float32))
         b = self.const(f"{name}.bias", beta.astype(np.float32))
         return self.op("LayerNormalization", [x, g, b], axis=-1, epsilon=eps)
+
+
+VARLEN_MASK = "attention_varlen_mask"
+
+
+def varlen_attention_mask(graph: onnx.GraphProto) -> None:
+    """Feed every ``Attention`` node the ``(3 * batch + 2)`` mask form, in place.
+
+    The fused graph gives ``Attention`` the key length of each row
+    (``[batch]``). ONNX Runtime's CUDA ``Attention`` runs that form through
+    its unfused kernels (a masked softmax between two batched GEMMs) on GPUs
+    its TensorRT fused kernels do not cover, Hopper included; its
+    memory-efficient (cutlass) kernel takes only the form with start offsets:
+    ``[key_len[0..B), query_start[0..B], key_start[0..B]]``, starts counted in
+    tokens of the flattened ``[B * S]`` layout. Rows are right-padded to the
+    batch's width ``S``, so row ``i`` starts at ``i * S`` for queries and keys
+    alike. The key lengths are unchanged: the same tokens are attended to.
+    """
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    masks = {n.input[3] for n in attention if len(n.input) > 3 and n.input[3]}
+    if not attention or len(masks) != 1:
+        raise ValueError("expected Attention nodes sharing one key-length mask")
+    (lengths,) = masks
+    if lengths == VARLEN_MASK:
+        return
+    ids = graph.input[0].name
+    c0, c1 = f"{VARLEN_MASK}_zero", f"{VARLEN_MASK}_one"
+    graph.initializer.extend([helper.make_tensor(c0, TensorProto.INT64, [], [0]),
+                              helper.make_tensor(c1, TensorProto.INT64, [], [1])])
+
+    def name(x: str) -> str:
+        return f"{VARLEN_MASK}_{x}"
+
+    nodes = [
+        helper.make_node("Shape", [ids], [name("shape")], name=name("shape")),
+        helper.make_node("Gather", [name("shape"), c0], [name("batch")], name=name("batch"), axis=0),
+        helper.make_node("Gather", [name("shape"), c1], [name("width")], name=name("width"), axis=0),
+        helper.make_node("Add", [name("batch"), c1], [name("batch1")], name=name("batch1")),
+        helper.make_node("Range", [c0, name("batch1"), c1], [name("rows")], name=name("rows")),
+        helper.make_node("Mul", [name("rows"), name("width")], [name("starts64")], name=name("starts64")),
+        helper.make_node("Cast", [name("starts64")], [name("starts")], name=name("starts"), to=TensorProto.INT32),
+        helper.make_node("Concat", [lengths, name("starts"), name("starts")], [VARLEN_MASK], name=VARLEN_MASK,
+                         axis=0),
+    ]
+    at = next(i for i, n in enumerate(graph.node) if lengths in n.output) + 1
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    for node in attention:
+        node.input[3] = VARLEN_MASK
+
+
+def varlen_model_bytes(path: str | Path) -> bytes | None:
+    """The model at ``path`` with :func:`varlen_attention_mask` applied, serialized; None if it does not apply.
+
+    It applies to fused graphs whose ``Attention`` nodes take no attention bias
+    (MPNet's relative position bias makes the memory-efficient kernel demand
+    widths divisible by 8, and the unfused kernels do not read this mask form)
+    and whose heads are a multiple of 8 wide (the kernel's requirement).
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    if not attention or any(len(n.input) > 5 and n.input[5] for n in attention):
+        return None
+    weights = {i.name: i for i in graph.initializer}
+    for node in attention:
+        heads = next((a.i for a in node.attribute if a.name == "num_heads"), 0)
+        w = weights.get(node.input[1])
+        if not heads or w is None or (w.dims[-1] // 3 // heads) % 8:
+            return None
+    varlen_attention_mask(graph)
+    return bytes(model.SerializeToString())
+
 
 
 def _find_prefix(weights: dict[str, np.ndarray]) -> str:

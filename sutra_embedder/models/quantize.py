@@ -98,57 +98,6 @@ def quantize_int8_graph(src: Path, dest: Path, per_channel: bool, keep_float: tu
     )
 
 
-VARLEN_MASK = "attention_varlen_mask"
-
-
-def varlen_attention_mask(graph: Any) -> None:
-    """Feed every ``Attention`` node the ``(3 * batch + 2)`` mask form, in place.
-
-    The fused graph gives ``Attention`` the key length of each row
-    (``[batch]``). ONNX Runtime's CUDA ``Attention`` runs that form through
-    its unfused kernels (a masked softmax between two batched GEMMs) on GPUs
-    its TensorRT fused kernels do not cover, Hopper included; its
-    memory-efficient (cutlass) kernel takes only the form with start offsets:
-    ``[key_len[0..B), query_start[0..B], key_start[0..B]]``, starts counted in
-    tokens of the flattened ``[B * S]`` layout. Rows are right-padded to the
-    batch's width ``S``, so row ``i`` starts at ``i * S`` for queries and keys
-    alike. The key lengths are unchanged: the same tokens are attended to.
-    """
-    from onnx import TensorProto, helper
-
-    attention = [n for n in graph.node if n.op_type == "Attention"]
-    masks = {n.input[3] for n in attention if len(n.input) > 3 and n.input[3]}
-    if not attention or len(masks) != 1:
-        raise ConfigError("model", "expected Attention nodes sharing one key-length mask")
-    (lengths,) = masks
-    if lengths == VARLEN_MASK:
-        return
-    ids = graph.input[0].name
-    c0, c1 = f"{VARLEN_MASK}_zero", f"{VARLEN_MASK}_one"
-    graph.initializer.extend([helper.make_tensor(c0, TensorProto.INT64, [], [0]),
-                              helper.make_tensor(c1, TensorProto.INT64, [], [1])])
-
-    def name(x: str) -> str:
-        return f"{VARLEN_MASK}_{x}"
-
-    nodes = [
-        helper.make_node("Shape", [ids], [name("shape")], name=name("shape")),
-        helper.make_node("Gather", [name("shape"), c0], [name("batch")], name=name("batch"), axis=0),
-        helper.make_node("Gather", [name("shape"), c1], [name("width")], name=name("width"), axis=0),
-        helper.make_node("Add", [name("batch"), c1], [name("batch1")], name=name("batch1")),
-        helper.make_node("Range", [c0, name("batch1"), c1], [name("rows")], name=name("rows")),
-        helper.make_node("Mul", [name("rows"), name("width")], [name("starts64")], name=name("starts64")),
-        helper.make_node("Cast", [name("starts64")], [name("starts")], name=name("starts"), to=TensorProto.INT32),
-        helper.make_node("Concat", [lengths, name("starts"), name("starts")], [VARLEN_MASK], name=VARLEN_MASK,
-                         axis=0),
-    ]
-    at = next(i for i, n in enumerate(graph.node) if lengths in n.output) + 1
-    for offset, node in enumerate(nodes):
-        graph.node.insert(at + offset, node)
-    for node in attention:
-        node.input[3] = VARLEN_MASK
-
-
 def convert_fp16_graph(src: Path, dest: Path) -> None:
     """fp16 encoder for GPUs; pooling, normalisation, inputs and outputs stay float32.
 
@@ -156,9 +105,7 @@ def convert_fp16_graph(src: Path, dest: Path) -> None:
     encoder becomes float16 (its inputs are integer ids, so fp16 then flows
     through every encoder operator), and one Cast brings the encoder's output
     back to float32 where pooling starts. Pooling stays in float32 because an
-    fp16 mask sum loses precision and the 1e-9 / 1e-12 guards underflow. The
-    attention mask takes the form that ONNX Runtime's memory-efficient CUDA
-    kernel accepts (:func:`varlen_attention_mask`).
+    fp16 mask sum loses precision and the 1e-9 / 1e-12 guards underflow.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -191,7 +138,6 @@ def convert_fp16_graph(src: Path, dest: Path) -> None:
                       and any(x.endswith("_float32") for x in n.input))
     for offset, node in enumerate(casts):
         graph.node.insert(first_pool + offset, node)
-    varlen_attention_mask(graph)
     del graph.value_info[:]
     onnx.save_model(model, str(dest))
 

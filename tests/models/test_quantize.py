@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from sutra_embedder.cli import main
 from sutra_embedder.core import CalibrationRanges, Embedder, EmbedderConfig, load_manifest
 from sutra_embedder.models import quantize as qmod
+from sutra_embedder.models.registry import ensure_model
 from tests.fixtures.models import REPO, read_jsonl
 
 
@@ -94,33 +95,62 @@ def test_varlen_mask_has_the_cutlass_layout_and_changes_nothing_on_cpu(minilm_di
     built in the graph; the CPU kernel reads the key lengths only, so vectors stay exactly the same."""
     import onnxruntime as ort
 
+    from sutra_embedder.models.onnx_builder import VARLEN_MASK, varlen_attention_mask
+
     src = minilm_dir / "model.onnx"
     model = onnx.load(str(src))
-    qmod.varlen_attention_mask(model.graph)
+    varlen_attention_mask(model.graph)
     attention = [n for n in model.graph.node if n.op_type == "Attention"]
-    assert attention and all(n.input[3] == qmod.VARLEN_MASK for n in attention)
-    model.graph.output.append(onnx.helper.make_tensor_value_info(qmod.VARLEN_MASK, onnx.TensorProto.INT32, None))
+    assert attention and all(n.input[3] == VARLEN_MASK for n in attention)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(VARLEN_MASK, onnx.TensorProto.INT32, None))
     onnx.save(model, str(tmp_path / "varlen.onnx"))
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     new = ort.InferenceSession(str(tmp_path / "varlen.onnx"), providers=["CPUExecutionProvider"])
     for batch, width, seed in [(1, 5, 0), (7, 33, 1), (32, 128, 2)]:
         ids, mask = _ragged(batch, width, seed)
         expected_mask = np.concatenate([mask.sum(1), np.arange(batch + 1) * width, np.arange(batch + 1) * width])
-        vecs, got_mask = new.run(["sentence_embedding", qmod.VARLEN_MASK], {"input_ids": ids, "attention_mask": mask})
+        vecs, got_mask = new.run(["sentence_embedding", VARLEN_MASK], {"input_ids": ids, "attention_mask": mask})
         assert got_mask.dtype == np.int32
         np.testing.assert_array_equal(got_mask, expected_mask)
         (ref_vecs,) = ref.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})
         np.testing.assert_allclose(vecs, ref_vecs, atol=1e-6)
 
 
-def test_fp16_graph_feeds_attention_the_varlen_mask(minilm_dir: Path, tmp_path: Path) -> None:
+def test_fp16_graph_loads_with_the_varlen_mask_only_where_it_applies(
+    minilm_dir: Path, mpnet_source: Path, tmp_path: Path
+) -> None:
+    from sutra_embedder.models.onnx_builder import VARLEN_MASK, varlen_model_bytes
+
     dest = tmp_path / "model.fp16.onnx"
     qmod.convert_fp16_graph(minilm_dir / "model.onnx", dest)
-    graph = onnx.load(str(dest)).graph
+    stored = onnx.load(str(dest)).graph
+    assert all(n.input[3] != VARLEN_MASK for n in stored.node if n.op_type == "Attention")  # on disk: key lengths
+    data = varlen_model_bytes(dest)
+    assert data is not None
+    graph = onnx.load_from_string(data).graph
     attention = [n for n in graph.node if n.op_type == "Attention"]
-    assert len(attention) == 6 and all(n.input[3] == qmod.VARLEN_MASK for n in attention)
+    assert len(attention) == 6 and all(n.input[3] == VARLEN_MASK for n in attention)
     weights = {i.name: i for i in graph.initializer}
     assert weights[attention[0].input[1]].data_type == onnx.TensorProto.FLOAT16
-    onnx.checker.check_model(onnx.load(str(dest)))
-    qmod.varlen_attention_mask(graph)  # a second pass changes nothing
-    assert sum(n.name == qmod.VARLEN_MASK for n in graph.node) == 1
+    onnx.checker.check_model(onnx.load_from_string(data))
+    # MPNet's Attention takes a relative position bias: left as it is.
+    mpnet = ensure_model("mpnet")
+    assert varlen_model_bytes(mpnet / "model.onnx") is None
+
+
+def test_varlen_mask_follows_the_allowed_attention_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from sutra_embedder.core import RuntimeConfig
+    from sutra_embedder.core.runtime import CUDA, wants_varlen_mask
+
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu)  # a GPU build, on a CPU machine
+    assert wants_varlen_mask(RuntimeConfig(device="cuda"))  # default kernels 23: efficient, no cuDNN
+    assert wants_varlen_mask(RuntimeConfig(device="auto", attention_kernels=2))
+    assert not wants_varlen_mask(RuntimeConfig(device="cuda", attention_kernels=0))  # ORT decides: cuDNN flash
+    assert not wants_varlen_mask(RuntimeConfig(device="cuda", attention_kernels=31))  # cuDNN flash allowed
+    assert not wants_varlen_mask(RuntimeConfig(device="cuda", attention_kernels=1))  # flash only: no mask support
+    assert not wants_varlen_mask(RuntimeConfig(device="cpu"))
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [p for p in gpu if p != CUDA])
+    assert not wants_varlen_mask(RuntimeConfig(device="auto"))
