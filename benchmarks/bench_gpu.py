@@ -344,7 +344,7 @@ def main() -> None:
     ap.add_argument("--part", default="all", choices=("a", "c", "all"))
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--kernels", default="0", help="comma-separated sdpa_kernel masks to compare in (a)")
+    ap.add_argument("--kernels", default="23", help="comma-separated sdpa_kernel masks to compare in (a)")
     ap.add_argument(
         "--prepare-workers",
         default="auto",

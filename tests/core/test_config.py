@@ -22,6 +22,8 @@ from sutra_embedder.core import (
     [
         (lambda: BatchingConfig(max_batch_tokens=0), "batching.max_batch_tokens"),
         (lambda: BatchingConfig(max_batch_size=-1), "batching.max_batch_size"),
+        (lambda: BatchingConfig(pipeline_block=0), "batching.pipeline_block"),
+        (lambda: BatchingConfig(tokenize_processes=-1), "batching.tokenize_processes"),
         (lambda: ChunkingConfig(policy="drop"), "chunking.policy"),
         (lambda: ChunkingConfig(aggregation="median"), "chunking.aggregation"),
         (lambda: ChunkingConfig(window=64, overlap=62), "chunking.overlap"),
@@ -63,3 +65,16 @@ def test_overrides_round_trip() -> None:
     cfg = EmbedderConfig().with_overrides(**{"chunking.policy": "truncate", "batching__max_batch_size": 8})
     assert cfg.chunking.policy == "truncate" and cfg.batching.max_batch_size == 8
     assert cfg.runtime == RuntimeConfig()
+
+
+def test_batch_sizes_left_unset_follow_the_device_and_set_ones_win(minilm_dir: Any) -> None:
+    cpu, gpu = BatchingConfig().for_device(on_gpu=False), BatchingConfig().for_device(on_gpu=True)
+    assert gpu.max_batch_tokens > cpu.max_batch_tokens and gpu.pipeline_block > cpu.pipeline_block
+    assert gpu.batch_overhead_tokens > cpu.batch_overhead_tokens
+    set_ = BatchingConfig(max_batch_tokens=1000, max_batch_size=7, pipeline_block=9, batch_overhead_tokens=0)
+    for on_gpu in (False, True):
+        sized = set_.for_device(on_gpu)
+        assert (sized.max_batch_tokens, sized.max_batch_size, sized.pipeline_block) == (1000, 7, 9)
+        assert sized.batch_overhead_tokens == 0
+    emb = Embedder(EmbedderConfig(model=str(minilm_dir), runtime=RuntimeConfig(device="cpu")))
+    assert emb.batching == cpu  # a CPU session takes the CPU sizes
