@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, load_texts, machine  # noqa: E402
+from benchmarks.common import load_texts, machine, write_device_results  # noqa: E402
 from sutra_embedder.core import BatchingConfig, ChunkingConfig, Embedder, EmbedderConfig, RuntimeConfig  # noqa: E402
 from sutra_embedder.core.manifest import load_manifest, write_manifest  # noqa: E402
 
@@ -396,10 +396,7 @@ def main() -> None:
     if args.part in ("c", "all"):
         data["c_long_sequences"] = part_c(args.seq, args.batch)
         print(json.dumps(data["c_long_sequences"], indent=1), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = data["device"].replace(" ", "_").replace("/", "_")
-    out = Path(os.environ.get("OUT", RESULTS)) / f"gpu_{tag}_{args.part}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out = write_device_results("gpu", data, args.part)
     plot(data, out.with_suffix(".png"))
     print(out)
 

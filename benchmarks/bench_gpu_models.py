@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_gpu import _random_bert, corpus, gpu_name, prepare_model  # noqa: E402
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import machine, write_device_results  # noqa: E402
 from sutra_embedder.core import BatchingConfig, ChunkingConfig, Embedder, EmbedderConfig, RuntimeConfig  # noqa: E402
 from sutra_embedder.core.batching import pad_batch, plan_batches  # noqa: E402
 from sutra_embedder.core.manifest import load_manifest, write_manifest  # noqa: E402
@@ -329,11 +329,7 @@ def main() -> None:
             print(json.dumps(data["d_two_gpus_minilm"], indent=1), flush=True)
         if "r" in parts:
             data["r_runtime_options"] = part_r(minilm, args.batch, args.seq, args.reps)
-    tag = data["device"].replace(" ", "_").replace("/", "_")
-    out_dir = Path(os.environ.get("OUT", RESULTS))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"gpu_models_{tag}_{args.part.replace(',', '')}.json"
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    out = write_device_results("gpu_models", data, args.part.replace(",", ""))
     if args.plot:
         plot(data, out.with_suffix(".png"))
     print(out)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_gpu import corpus, gpu_name, prepare_model  # noqa: E402
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import machine, write_device_results  # noqa: E402
 from sutra_embedder.core import ChunkingConfig, Embedder, EmbedderConfig, RuntimeConfig  # noqa: E402
 from sutra_embedder.core.batching import pad_batch, plan_batches  # noqa: E402
 
@@ -129,11 +128,7 @@ def main() -> None:
             print("fixed", json.dumps(row), flush=True)
             fixed.append(row)
         data["fixed"] = fixed
-    tag = data["device"].replace(" ", "_").replace("/", "_")
-    out_dir = Path(os.environ.get("OUT", RESULTS))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"gpu_shapes_{tag}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out = write_device_results("gpu_shapes", data)
     print(out)
 
 

@@ -50,6 +50,16 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def write_device_results(prefix: str, data: dict[str, Any], suffix: str = "") -> Path:
+    """``<prefix>_<device>[_<suffix>].json`` under ``$OUT`` if set (a GPU machine's output folder), else results/."""
+    tag = str(data["device"]).replace(" ", "_").replace("/", "_")
+    out_dir = Path(os.environ.get("OUT", RESULTS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{prefix}_{tag}{'_' + suffix if suffix else ''}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def bar_plot(name: str, title: str, labels: list[str], values: list[float], ylabel: str,
              notes: list[str] | None = None) -> Path:
     import matplotlib

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_gpu import gpu_name, prepare_model  # noqa: E402
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import machine, write_device_results  # noqa: E402
 
 SHAPES = [(1024, 64), (512, 128), (256, 256)]
 
@@ -103,11 +102,7 @@ def main() -> None:
             entry["gpu_us_per_call_top"] = {name: round(us / args.reps, 1) for name, us in kernels.most_common(25)}
             data["shapes"][f"{rows}x{width}"] = entry
             print(f"{rows}x{width}", json.dumps(entry), flush=True)
-    tag = data["device"].replace(" ", "_").replace("/", "_")
-    out_dir = Path(os.environ.get("OUT", RESULTS))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"gpu_profile_{tag}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out = write_device_results("gpu_profile", data)
     print(out)
 
 
