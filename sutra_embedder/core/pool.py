@@ -757,6 +757,10 @@ class EmbedderPool:
         for t in left:
             if not t.future.done():
                 t.future.set_exception(DevicePoolError("the pool was closed"))
+        for d in self._all_devices():  # the embedders' own threads and tokenizer processes
+            close = getattr(d.embedder, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> EmbedderPool:
         return self

@@ -208,6 +208,25 @@ def test_real_sessions_match_the_single_embedder(minilm_dir: Path, texts: list[s
     assert emb.session.get_session_options().intra_op_num_threads == max(1, (os.cpu_count() or 1) // 2)
 
 
+def test_closing_the_pool_stops_its_embedders_tokenizer_processes(
+    minilm_dir: Path, texts: list[str], reference: EmbedResult
+) -> None:
+    from tests.core.test_tokenize_procs import _wait_gone
+
+    config = EmbedderConfig(model=str(minilm_dir)).with_overrides(
+        **{"batching.tokenize_processes": 1, "batching.pipeline_block": 8, "runtime.warmup": False}
+    )
+    pool = EmbedderPool(PoolConfig(devices="cpu*2", min_share_texts=4, share_texts=24), config)
+    try:
+        assert_same(pool.embed_records(texts), reference)
+        procs = [getattr(d.embedder, "_token_procs", None) for d in pool._all_devices()]
+        pids = [pid for p in procs if p is not None for pid in p.worker_pids]
+        assert len(pids) == 2, "each device's embedder tokenized in its own worker process"
+    finally:
+        pool.close()
+    assert _wait_gone(pids)
+
+
 def test_order_and_dead_letters_are_kept(inner: Embedder, texts: list[str]) -> None:
     items: list[object] = list(texts[:20])
     items[3] = None
