@@ -66,7 +66,9 @@ class BatchingConfig:
             CPU, where the model itself needs the cores; at least
             ``tokenize_processes + 1`` when those are used.
         tokenize_processes: Worker processes that tokenize the blocks of large
-            calls (calls of one block tokenize in-process, for latency). Each
+            calls (of 1,024 texts or more; smaller ones tokenize in-process, for
+            latency). They start with the embedder when ``runtime.warmup`` is
+            on, else at the first large call. Each
             has its own GIL, so turning encodings into ids no longer stalls
             the threads driving the GPU. 0: tokenize in-process. ``None``: 2
             on a GPU with at least 8 usable cores (they share the cores not

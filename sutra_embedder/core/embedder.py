@@ -53,6 +53,7 @@ from .tokenize_procs import TokenizerProcessError, TokenizerProcesses
 log = logging.getLogger(__name__)
 
 _RAMP_START = 1024  # texts in the first block of a multi-block call
+_REMOTE_MIN_TEXTS = 1024  # a one-block call this large tokenizes in the worker processes too
 
 
 def usable_cores() -> int:
@@ -231,6 +232,8 @@ class Embedder:
                 os.environ.get("TOKENIZERS_PARALLELISM"),
             )
         if self.config.runtime.warmup:
+            if self.tokenize_processes:  # start them now (in the background), not in the first large call
+                self._tokenizer_processes()
             self._run(np.ones((1, 8), np.int64) * self.tokenizer.pad_id, np.ones((1, 8), np.int64))
 
     # ------------------------------------------------------------------ setup
@@ -492,7 +495,8 @@ class Embedder:
         running: deque[_Running] = deque()
         todo = iter(bounds)
 
-        remote = prep_pool is not None and self.tokenize_processes > 0
+        # Worker processes for large calls; small ones (streaming micro-batches) stay in-process.
+        remote = self.tokenize_processes > 0 and (prep_pool is not None or n >= _REMOTE_MIN_TEXTS)
 
         def submit_next() -> None:
             nxt = next(todo, None)
@@ -503,7 +507,7 @@ class Embedder:
         try:
             if prep_pool is None:
                 for lo, hi in bounds:  # zero or one block
-                    running.append(self._dispatch(self._prepare(items[lo:hi], lo, prefix), run_pool, True))
+                    running.append(self._dispatch(self._prepare(items[lo:hi], lo, prefix, remote), run_pool, True))
             else:
                 for _ in range(workers):
                     submit_next()

@@ -283,3 +283,25 @@ def test_tokenizer_processes_work_from_a_script_without_a_main_guard(minilm_dir:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "OK (40, 384) True"
+
+
+def test_one_block_calls_use_the_workers_only_when_large(minilm_dir: Path) -> None:
+    """Micro-batches (streaming) tokenize in-process; a one-block call of 1,024+ texts goes to the workers."""
+    texts = [f"record {i}: a short line of text about item {i % 37}" for i in range(1100)]
+    one_block = {"batching.pipeline_block": 100_000, "batching.tokenize_processes": 1}
+    with _embedder(minilm_dir, **one_block) as emb:
+        small = emb.embed(texts[:50])
+        assert emb._token_procs is None
+        big = emb.embed(texts)
+        assert emb._token_procs is not None and emb._token_procs.restarts == 0
+    ref = _embedder(minilm_dir, **{"batching.tokenize_processes": 0, "batching.ascii_fast_path": False})
+    np.testing.assert_allclose(big, ref.embed(texts), atol=2e-5)
+    np.testing.assert_allclose(small, big[:50], atol=2e-5)
+
+
+def test_warmup_starts_the_workers_with_the_embedder(minilm_dir: Path) -> None:
+    with _embedder(minilm_dir, **{"batching.tokenize_processes": 2, "runtime.warmup": True}) as emb:
+        procs = emb._token_procs
+        assert procs is not None and len(procs.worker_pids) == 2 and all(_alive(p) for p in procs.worker_pids)
+        pids = procs.worker_pids
+    assert _wait_gone(pids)
