@@ -563,7 +563,7 @@ class Embedder:
             lo += width
         return bounds
 
-    def _prepare(self, items: Sequence[object], offset: int, prefix: str, remote: bool = False) -> _Prepared:
+    def _prepare(self, items: Sequence[object], offset: int, prefix: str, remote: bool) -> _Prepared:
         """Validate, tokenize and cut texts into model inputs (no model call).
 
         ``remote``: tokenize in a worker process (see :meth:`_tokenize`).

@@ -118,7 +118,6 @@ class TokenizerProcesses:
         if processes < 1 or threads < 1:
             raise ValueError("processes and threads must be at least 1")
         self.path = Path(path)
-        self.processes = processes
         self.threads = threads
         self.ascii_road = ascii_road
         self.pid = os.getpid()

@@ -68,13 +68,18 @@ def test_overrides_round_trip() -> None:
 
 
 def test_batch_sizes_left_unset_follow_the_device_and_set_ones_win(minilm_dir: Any) -> None:
+    # The documented defaults (BatchingConfig's docstring and the README).
     cpu, gpu = BatchingConfig().for_device(on_gpu=False), BatchingConfig().for_device(on_gpu=True)
-    assert gpu.max_batch_tokens > cpu.max_batch_tokens and gpu.pipeline_block > cpu.pipeline_block
-    assert gpu.batch_overhead_tokens > cpu.batch_overhead_tokens
+    assert (cpu.max_batch_tokens, cpu.max_batch_size, cpu.pipeline_block, cpu.batch_overhead_tokens) == (
+        8192, 256, 4096, 64
+    )
+    assert (gpu.max_batch_tokens, gpu.max_batch_size, gpu.pipeline_block, gpu.batch_overhead_tokens) == (
+        65536, 1024, 16384, 4096
+    )
     set_ = BatchingConfig(max_batch_tokens=1000, max_batch_size=7, pipeline_block=9, batch_overhead_tokens=0)
     for on_gpu in (False, True):
         sized = set_.for_device(on_gpu)
         assert (sized.max_batch_tokens, sized.max_batch_size, sized.pipeline_block) == (1000, 7, 9)
         assert sized.batch_overhead_tokens == 0
     emb = Embedder(EmbedderConfig(model=str(minilm_dir), runtime=RuntimeConfig(device="cpu")))
-    assert emb.batching == cpu  # a CPU session takes the CPU sizes
+    assert emb.batching.max_batch_tokens == 8192 and emb.batching.pipeline_block == 4096  # a CPU session: CPU sizes
